@@ -1,0 +1,132 @@
+"""Checkpoint directories: `config.json` + `*.safetensors`, written atomically.
+
+A checkpoint is a directory. Saving writes a complete sibling directory first and then
+swaps it in with renames, so a save killed halfway leaves the previous checkpoint
+intact. Loading never unpickles anything: weights come from safetensors, settings
+from JSON, and a checkpoint whose config or tensor shapes disagree with the model
+fails with an error that names the mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, from_dict, to_dict
+from .fileio import atomic_write_dir, atomic_write_text, recover_dir
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+M = TypeVar("M", bound="PretrainedMixin")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, or does not match the model."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    """JSON with sorted keys, so configs diff cleanly (atomically)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_state_dict(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None) -> None:
+    """Save tensors with safetensors (contiguous, no shared storage, optional cast)."""
+    tensors = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[key] = value.contiguous().clone()
+    save_file(tensors, str(path))
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file (no pickle involved)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"missing weights file {path}")
+    return load_file(str(path))
+
+
+def check_state_dict(
+    module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path
+) -> None:
+    """Raise naming every missing/unexpected key and every shape mismatch."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append("missing keys: " + ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else ""))
+    if unexpected:
+        problems.append(
+            "unexpected keys: " + ", ".join(unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
+        )
+    if shapes:
+        problems.append("shape mismatch: " + "; ".join(shapes[:10]))
+    if problems:
+        raise CheckpointError(f"checkpoint {source} does not match the model: " + " | ".join(problems))
+
+
+class PretrainedMixin:
+    """`save_pretrained` / `from_pretrained` for a module built from one config dataclass."""
+
+    config_class: ClassVar[type]
+    config: Any
+
+    def save_pretrained(self, path: str | Path, dtype: torch.dtype | None = None) -> Path:
+        """Write `config.json` + `model.safetensors` atomically; `dtype` casts float weights."""
+        module: torch.nn.Module = self  # type: ignore[assignment]
+
+        def write(tmp: Path) -> None:
+            write_json(tmp / CONFIG_NAME, {"class": type(self).__name__, "config": to_dict(self.config)})
+            save_state_dict(module.state_dict(), tmp / WEIGHTS_NAME, dtype)
+
+        return atomic_write_dir(path, write)
+
+    @classmethod
+    def load_config(cls, path: str | Path) -> Any:
+        """Read and validate the config of a checkpoint directory."""
+        path = recover_dir(path)
+        cfg_file = Path(path) / CONFIG_NAME
+        if not cfg_file.exists():
+            raise CheckpointError(f"{path} is not a checkpoint directory (no {CONFIG_NAME})")
+        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+        saved = data.get("class")
+        if saved is not None and saved != cls.__name__:
+            raise CheckpointError(f"{path} holds a {saved}, not a {cls.__name__}")
+        try:
+            return from_dict(cls.config_class, data.get("config", data))
+        except ConfigError as exc:
+            raise CheckpointError(f"{cfg_file}: {exc}") from exc
+
+    @classmethod
+    def from_pretrained(
+        cls: type[M], path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
+    ) -> M:
+        """Build the model from `config.json`, then load and check its weights."""
+        config = cls.load_config(path)
+        for key, value in overrides.items():
+            if not hasattr(config, key):
+                raise CheckpointError(f"unknown config override '{key}' for {cls.__name__}")
+            setattr(config, key, value)
+        model = cls(config)  # type: ignore[call-arg]
+        state = load_state_dict(Path(path) / WEIGHTS_NAME)
+        check_state_dict(model, state, path)  # type: ignore[arg-type]
+        own = model.state_dict()  # type: ignore[attr-defined]
+        state = {k: v.to(own[k].dtype) for k, v in state.items()}
+        model.load_state_dict(state)  # type: ignore[attr-defined]
+        return model.to(map_location)  # type: ignore[attr-defined]

@@ -1,0 +1,148 @@
+"""Command-line tools: `phenaki-sample`, `phenaki-data`, `phenaki-eval`.
+
+The CLI is the one place that talks to people: clear messages, progress bars and
+non-zero exits on bad input. The work itself lives in the library modules.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .story import StoryError, StoryScene, parse_scene_line, read_story
+
+OUTPUT_SUFFIXES = (".mp4", ".webm", ".gif", ".mkv")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _check_output(out: Path) -> None:
+    """An output is a video file by suffix, or a folder of PNG frames (no suffix)."""
+    if out.suffix and out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise click.BadParameter(
+            f"unsupported output '{out}': use {', '.join(OUTPUT_SUFFIXES)} "
+            "or a folder name without suffix for PNG frames",
+            param_hint="--out",
+        )
+
+
+def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[StoryScene]:
+    """Scenes from `--prompts FILE` or repeated `--prompt`, never both."""
+    if prompts_file is not None and prompt:
+        raise click.UsageError("give --prompts FILE or --prompt TEXT, not both")
+    if prompts_file is None and not prompt:
+        raise click.UsageError("nothing to generate: give --prompts story.txt or --prompt TEXT")
+    try:
+        if prompts_file is not None:
+            return read_story(prompts_file)
+        return [parse_scene_line(p, f"--prompt {i + 1}") for i, p in enumerate(prompt)]
+    except StoryError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prompts/--prompt") from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), help="Story file: one scene per line.")
+@click.option("--prompt", multiple=True, help="A scene prompt (repeatable) instead of a story file.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("story.mp4"), show_default=True,
+              help="Output: .mp4, .webm, .gif, .mkv, or a folder for PNG frames.")
+@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint directory (default: the demo model shipped in assets/).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Decoding steps per scene.")
+@click.option("--guidance", type=click.FloatRange(min=0.0), default=None, help="Classifier-free guidance scale.")
+@click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None)
+@click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
+@click.option("--scene-frames", type=click.IntRange(min=1), default=None, help="New frames per later scene.")
+@click.option("--scene-seconds", type=click.FloatRange(min=0.0, min_open=True), default=None)
+@click.option("--context", "context_frames", type=click.IntRange(min=1), default=None,
+              help="Frames of the video so far kept as the prime of the next scene.")
+@click.option("--prime", type=click.Path(path_type=Path), default=None, help="Video to continue.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto", show_default=True)
+@click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--verbose", "-v", is_flag=True)
+def sample_main(**kwargs) -> None:
+    """Generate one video from a story: a list of prompts, one scene each."""
+    _setup_logging(kwargs["verbose"])
+    scenes = collect_scenes(kwargs["prompts_file"], kwargs["prompt"])
+    out: Path = kwargs["out"]
+    _check_output(out)
+    if kwargs["scene_frames"] is not None and kwargs["scene_seconds"] is not None:
+        raise click.UsageError("give --scene-frames or --scene-seconds, not both")
+    if kwargs["prime"] is not None and not kwargs["prime"].exists():
+        raise click.BadParameter(f"prime video not found: {kwargs['prime']}", param_hint="--prime")
+    if kwargs["checkpoint"] is not None and not kwargs["checkpoint"].is_dir():
+        raise click.BadParameter(f"checkpoint directory not found: {kwargs['checkpoint']}",
+                                 param_hint="--checkpoint")
+    try:
+        from .pipeline import run_cli_sample
+    except ImportError:
+        click.echo(
+            f"Story parsed: {len(scenes)} scene(s). The story generator is not part of this "
+            "build yet, so no video was written.",
+            err=True,
+        )
+        sys.exit(3)
+    run_cli_sample(scenes, **kwargs)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True)
+def data_main(verbose: bool) -> None:
+    """Datasets: write the Shapes domain to disk, and more."""
+    _setup_logging(verbose)
+
+
+@data_main.command("shapes")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset folder to write.")
+@click.option("--num", type=click.IntRange(min=1), required=True, help="Number of clips.")
+@click.option("--frames", "num_frames", type=click.IntRange(min=1), default=11, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["mp4", "webm", "gif", "png"]), default="mp4", show_default=True)
+@click.option("--split", type=click.Choice(["train", "heldout", "all"]), default="all", show_default=True)
+@click.option("--straddle-prob", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="Take hold-outs (and defaults) from this config's data section.")
+def data_shapes(out: Path, num: int, num_frames: int, seed: int, fmt: str, split: str,
+                straddle_prob: float, config_path: Path | None) -> None:
+    """Write N Shapes clips + captions.jsonl, in the folder-dataset layout."""
+    from tqdm import tqdm
+
+    from .data.export import export_shapes
+
+    holdout = None
+    if config_path is not None:
+        from .config import ConfigError, load_config
+        from .data.shapes import holdout_from_config
+
+        try:
+            holdout = holdout_from_config(load_config(config_path).data)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--config") from None
+    with tqdm(total=num, desc="shapes", unit="clip") as bar:
+        root = export_shapes(out, num, num_frames=num_frames, seed=seed, fmt=fmt, split=split,
+                             straddle_prob=straddle_prob, holdout=holdout, progress=bar.update)
+    click.echo(f"wrote {num} clips and {root / 'captions.jsonl'}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", "-v", is_flag=True)
+def eval_main(verbose: bool) -> None:
+    """Evaluate tokenizers and generators."""
+    _setup_logging(verbose)
+
+
+def main() -> None:  # pragma: no cover - `python -m phenaki.cli`
+    sample_main()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,369 @@
+"""Typed configuration: YAML files are loaded into dataclasses, strictly.
+
+Configs are data. Every section is a dataclass with defaults; a YAML file only
+overrides what it names. An unknown or misspelt key is an error that names the key
+and its section (with the closest known key as a hint), because a silently ignored
+typo in a training config wastes a training run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "TokenizerConfig",
+    "TransformerConfig",
+    "TextConfig",
+    "DataConfig",
+    "TrainConfig",
+    "SamplingConfig",
+    "Config",
+    "load_config",
+    "from_dict",
+    "to_dict",
+]
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names it."""
+
+
+@dataclass
+class TokenizerConfig:
+    """C-ViViT: first frame patched alone, later frames in tubelets of `temporal_patch_size`."""
+
+    image_size: tuple[int, int] = (64, 64)
+    channels: int = 3
+    patch_size: int = 8
+    temporal_patch_size: int = 2
+    num_frames: int = 11  # frames per training clip (1 + temporal_patch_size * k)
+    dim: int = 256
+    spatial_depth: int = 4
+    temporal_depth: int = 4
+    heads: int = 8
+    dim_head: int = 32
+    mlp_mult: float = 4.0
+    dropout: float = 0.0
+    quantizer: Literal["vq", "fsq", "lfq"] = "vq"
+    codebook_size: int = 1024
+    codebook_dim: int = 32  # vq: projected lookup dim (factorised codes)
+    use_cosine_sim: bool = True  # vq: l2-normalised codes
+    ema_decay: float = 0.99  # vq: codebook EMA
+    commitment_weight: float = 0.25
+    threshold_ema_dead_code: float = 2.0  # vq: replace codes used less than this
+    fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: prod = size
+    lfq_entropy_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        h, w = self.image_size
+        if h % self.patch_size or w % self.patch_size:
+            raise ConfigError(
+                f"tokenizer.image_size {self.image_size} is not divisible by "
+                f"tokenizer.patch_size {self.patch_size}"
+            )
+        if (self.num_frames - 1) % self.temporal_patch_size:
+            raise ConfigError(
+                f"tokenizer.num_frames {self.num_frames} must be 1 + "
+                f"{self.temporal_patch_size} * k"
+            )
+        if self.quantizer == "fsq":
+            size = 1
+            for level in self.fsq_levels:
+                size *= level
+            self.codebook_size = size
+        if self.quantizer == "lfq" and self.codebook_size & (self.codebook_size - 1):
+            raise ConfigError(
+                f"tokenizer.codebook_size {self.codebook_size} must be a power of 2 for lfq"
+            )
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """Spatial token grid (H', W') of one token-frame."""
+        return (self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size)
+
+    def token_frames(self, num_frames: int) -> int:
+        """Token-frames for a clip of `num_frames` frames (1 for the first, then tubelets)."""
+        return 1 + (num_frames - 1) // self.temporal_patch_size
+
+    def frames_for(self, token_frames: int) -> int:
+        """Video frames decoded from `token_frames` token-frames."""
+        return 1 + (token_frames - 1) * self.temporal_patch_size
+
+
+@dataclass
+class TransformerConfig:
+    """The bidirectional MaskGIT transformer over the token grid."""
+
+    dim: int = 512
+    depth: int = 8
+    heads: int = 8
+    dim_head: int = 64
+    mlp_mult: float = 4.0
+    dropout: float = 0.0
+    max_token_frames: int = 6  # largest T' the position tables cover
+    cross_attend: bool = True
+    critic: bool = False  # optional token critic (off by default)
+
+
+@dataclass
+class TextConfig:
+    """Text encoder: a pretrained Hugging Face encoder, or a small T5 trained from scratch."""
+
+    kind: Literal["pretrained", "scratch"] = "pretrained"
+    name_or_path: str = "google/t5-v1_1-base"
+    max_length: int = 64
+    trainable: bool = False
+    # scratch encoder (closed vocabularies such as Shapes)
+    dim: int = 256
+    depth: int = 2
+    heads: int = 4
+    ff_dim: int = 512
+    vocab_size: int = 256
+    cache_dir: str | None = None  # optional on-disk embedding cache
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how they are shaped."""
+
+    kind: Literal["shapes", "folder", "shards"] = "shapes"
+    path: str | None = None  # folder root (captions.jsonl / captions.csv) or shard glob
+    num_frames: int = 11
+    fps: float = 8.0
+    image_size: tuple[int, int] = (64, 64)
+    crop: Literal["center", "random"] = "center"
+    num_samples: int = 100_000  # epoch size for generated data (shapes)
+    context_frames: int = 5
+    straddle_prob: float = 0.5
+    image_prob: float = 0.0
+    holdout_combinations: list[list[str]] = field(default_factory=list)
+    holdout_phrasings: list[str] = field(default_factory=list)
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        self.image_size = tuple(int(s) for s in self.image_size)  # type: ignore[assignment]
+        for combo in self.holdout_combinations:
+            if len(combo) != 3:
+                raise ConfigError(
+                    f"data.holdout_combinations entry {combo!r} must be [colour, shape, direction]"
+                )
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping for one trainer."""
+
+    output_dir: str = "runs/default"
+    steps: int = 10_000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    preview_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    compile: bool = False
+    # tokenizer losses
+    l1_weight: float = 1.0
+    l2_weight: float = 1.0
+    perceptual_weight: float = 0.0
+    perceptual_net: str | None = None  # path to local torchvision VGG16 weights
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 2000
+    discriminator_lr: float = 1e-4
+    gradient_penalty_weight: float = 10.0
+    # maskgit
+    mask_schedule: str = "cosine"
+    cond_drop_prob: float = 0.1
+    continuation_prob: float = 0.3
+    label_smoothing: float = 0.0
+    critic_weight: float = 1.0
+    preview_prompts: list[str] = field(default_factory=list)
+    tokens_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+
+
+@dataclass
+class SamplingConfig:
+    """Defaults for iterative decoding and the story loop."""
+
+    steps: int = 12
+    guidance: float = 3.0
+    guidance_ramp: bool = False
+    temperature: float = 1.0
+    schedule: str = "cosine"
+    top_k: int | None = None
+    top_p: float | None = None
+    first_frames: int = 11
+    scene_frames: int = 6
+    context_frames: int = 5
+    fps: float = 8.0
+
+
+@dataclass
+class Config:
+    """Everything one run needs: models, data, both trainers, sampling."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train_tokenizer: TrainConfig = field(default_factory=TrainConfig)
+    train_maskgit: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML/JSON value to the annotated type, or raise naming `where`."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, (int, float)) and origin is tuple:
+            return value  # e.g. image_size: 64, expanded by __post_init__
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys are errors naming them."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(
+                f"unknown config key '{path}'{hint}; known keys in "
+                f"{where or cls.__name__}: {', '.join(known)}"
+            )
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain JSON/YAML-safe data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML (or JSON) config file into a `Config`; `overrides` use dotted keys."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from exc
+    data = data or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return from_dict(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Datasets: the Shapes story domain and real video-text folders."""

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from phenaki.cli import data_main, sample_main
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_sample_requires_prompts(runner):
+    result = runner.invoke(sample_main, [])
+    assert result.exit_code == 2
+    assert "nothing to generate" in result.output
+
+
+def test_sample_rejects_prompts_and_prompt_together(runner, tmp_path):
+    story = tmp_path / "story.txt"
+    story.write_text("a red ball moves right\n")
+    result = runner.invoke(sample_main, ["--prompts", str(story), "--prompt", "a blue box falls"])
+    assert result.exit_code == 2
+    assert "not both" in result.output
+
+
+def test_sample_names_missing_story_file(runner, tmp_path):
+    result = runner.invoke(sample_main, ["--prompts", str(tmp_path / "nope.txt")])
+    assert result.exit_code == 2
+    assert "story file not found" in result.output
+
+
+def test_sample_names_bad_story_line(runner, tmp_path):
+    story = tmp_path / "story.txt"
+    story.write_text("a red ball moves right\na blue box falls [speed=2]\n")
+    result = runner.invoke(sample_main, ["--prompts", str(story)])
+    assert result.exit_code == 2
+    assert "story.txt:2" in result.output and "speed" in result.output
+
+
+def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
+    result = runner.invoke(sample_main, ["--prompt", "a red ball moves right", "--out", str(tmp_path / "x.avi")])
+    assert result.exit_code == 2
+    assert "unsupported output" in result.output
+    assert not (tmp_path / "x.avi").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--steps", "0"], "--steps"),
+    (["--guidance", "-1"], "--guidance"),
+    (["--dtype", "int8"], "--dtype"),
+    (["--scene-frames", "4", "--scene-seconds", "1"], "not both"),
+])
+def test_sample_validates_numbers(runner, args, message):
+    result = runner.invoke(sample_main, ["--prompt", "a red ball moves right", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_data_shapes_writes_a_folder_dataset(runner, tmp_path):
+    out = tmp_path / "shapes"
+    result = runner.invoke(data_main, ["shapes", "--out", str(out), "--num", "3", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "captions.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        assert (out / record["path"]).is_file()
+        assert record["caption"]
+    from phenaki.data.video_text import VideoTextDataset
+
+    dataset = VideoTextDataset(out, num_frames=11, fps=8, size=64)
+    assert len(dataset) == 3
+    item = dataset[0]
+    assert tuple(item["video"].shape) == (11, 64, 64, 3)
+    assert item["caption"] == records[0]["caption"]

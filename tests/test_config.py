@@ -1,0 +1,68 @@
+from pathlib import Path
+
+import pytest
+
+from phenaki.config import Config, ConfigError, TokenizerConfig, from_dict, load_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["shapes_demo.yaml", "phenaki_paper.yaml"])
+def test_shipped_configs_load(name):
+    config = load_config(ROOT / "configs" / name)
+    assert isinstance(config, Config)
+    assert config.tokenizer.temporal_patch_size == 2
+
+
+def test_paper_config_has_the_paper_scale():
+    c = load_config(ROOT / "configs" / "phenaki_paper.yaml")
+    assert c.tokenizer.image_size == (128, 128)
+    assert (c.data.num_frames, c.data.fps) == (11, 8.0)
+    assert (c.tokenizer.patch_size, c.tokenizer.temporal_patch_size) == (8, 2)
+    assert c.tokenizer.codebook_size == 8192
+    assert (c.tokenizer.spatial_depth, c.tokenizer.temporal_depth, c.tokenizer.dim) == (4, 4, 512)
+    assert (c.transformer.depth, c.transformer.dim) == (24, 2048)
+    assert "t5" in c.text.name_or_path
+
+
+def test_unknown_key_names_it_with_a_hint(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("tokenizer:\n  patch_sise: 8\n")
+    with pytest.raises(ConfigError, match=r"tokenizer\.patch_sise.*did you mean 'patch_size'"):
+        load_config(path)
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("trainer:\n  steps: 3\n")
+    with pytest.raises(ConfigError, match="'trainer'"):
+        load_config(path)
+
+
+def test_wrong_types_are_errors():
+    with pytest.raises(ConfigError, match="tokenizer.dim: expected an integer"):
+        from_dict(Config, {"tokenizer": {"dim": "big"}})
+    with pytest.raises(ConfigError, match="quantizer"):
+        from_dict(Config, {"tokenizer": {"quantizer": "pq"}})
+    with pytest.raises(ConfigError, match="true/false"):
+        from_dict(Config, {"tokenizer": {"use_cosine_sim": "yes"}})
+
+
+def test_invariants_checked():
+    with pytest.raises(ConfigError, match="num_frames 10 must be 1 \\+ 2 \\* k"):
+        TokenizerConfig(num_frames=10)
+    with pytest.raises(ConfigError, match="not divisible"):
+        TokenizerConfig(image_size=(60, 64), patch_size=8)
+    assert TokenizerConfig(quantizer="fsq", fsq_levels=[8, 5, 5, 5]).codebook_size == 1000
+
+
+def test_round_trip_and_overrides(tmp_path):
+    config = load_config(ROOT / "configs" / "shapes_demo.yaml", {"train_tokenizer.steps": 7})
+    assert config.train_tokenizer.steps == 7
+    again = from_dict(Config, to_dict(config))
+    assert again == config
+
+
+def test_missing_file_is_clear(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
