@@ -60,6 +60,8 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
 @click.option("--guidance", type=click.FloatRange(min=0.0), default=None, help="Classifier-free guidance scale.")
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
+@click.option("--first-frames", type=click.IntRange(min=1), default=None,
+              help="Frames of the first scene (1 = text-to-image).")
 @click.option("--scene-frames", type=click.IntRange(min=1), default=None, help="New frames per later scene.")
 @click.option("--scene-seconds", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--context", "context_frames", type=click.IntRange(min=1), default=None,
@@ -138,6 +140,74 @@ def data_shapes(out: Path, num: int, num_frames: int, seed: int, fmt: str, split
 def eval_main(verbose: bool) -> None:
     """Evaluate tokenizers and generators."""
     _setup_logging(verbose)
+
+
+@eval_main.command("tokenizer")
+@click.option("--checkpoint", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Tokenizer directory (config.json + model.safetensors).")
+@click.option("--data", required=True,
+              help="A dataset folder (captions.jsonl/csv), or 'shapes' for fresh Shapes clips.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="With --data shapes: use this config's held-out combinations.")
+@click.option("--clips", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=8.0, show_default=True)
+@click.option("--seed", type=int, default=1234, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--bf16", is_flag=True, help="Run under bf16 autocast.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the figures here.")
+def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips: int, batch_size: int,
+                   fps: float, seed: int, device: str, bf16: bool, json_out: Path | None) -> None:
+    """PSNR, SSIM, codebook use, tokens per clip, bits per pixel and encode/decode speed."""
+    import json
+
+    import torch
+    from tqdm import tqdm
+
+    from .checkpoint import CheckpointError
+    from .cvivit import CViViT
+    from .evaluation import evaluate_tokenizer
+    from .fileio import atomic_write_text
+
+    try:
+        model = CViViT.from_pretrained(checkpoint)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
+    tok = model.config
+    if data == "shapes":
+        from .data.shapes import ShapesDataset, holdout_from_config
+
+        holdout, split = None, "all"
+        if config_path is not None:
+            from .config import load_config
+
+            holdout = holdout_from_config(load_config(config_path).data)
+            split = "heldout" if holdout is not None else "all"
+        dataset = ShapesDataset(num_samples=clips, num_frames=tok.num_frames, seed=seed, holdout=holdout,
+                                split=split)
+    else:
+        from .data.video_text import DatasetError, VideoTextDataset
+
+        try:
+            dataset = VideoTextDataset(data, num_frames=tok.num_frames, fps=fps, size=tok.image_size, seed=seed)
+        except DatasetError as exc:
+            raise click.BadParameter(str(exc), param_hint="--data") from None
+    device = resolve_device(device)
+    with tqdm(total=min(clips, len(dataset)), desc="evaluate", unit="clip") as bar:
+        report = evaluate_tokenizer(model, dataset, num_clips=clips, batch_size=batch_size, device=device,
+                                    autocast=torch.bfloat16 if bf16 else None, progress=bar.update)
+    click.echo(report.table())
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> cuda when present, else cpu."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def main() -> None:  # pragma: no cover - `python -m phenaki.cli`

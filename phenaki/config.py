@@ -63,6 +63,7 @@ class TokenizerConfig:
     ema_decay: float = 0.99  # vq: codebook EMA
     commitment_weight: float = 0.25
     threshold_ema_dead_code: float = 2.0  # vq: replace codes used less than this
+    kmeans_init: bool = False  # vq: initialise the codebook by k-means on the first batch
     fsq_levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])  # fsq: prod = size
     lfq_entropy_weight: float = 0.1
 
@@ -118,6 +119,10 @@ class TransformerConfig:
     max_token_frames: int = 6  # largest T' the position tables cover
     cross_attend: bool = True
     critic: bool = False  # optional token critic (off by default)
+    # filled from the tokenizer and text encoder when a model is built (see `resolve`)
+    codebook_size: int = 1024
+    token_grid: tuple[int, int] = (8, 8)
+    text_dim: int = 256
 
 
 @dataclass
@@ -239,6 +244,18 @@ class Config:
     train_tokenizer: TrainConfig = field(default_factory=TrainConfig)
     train_maskgit: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        self.resolve()
+
+    def resolve(self, text_dim: int | None = None) -> None:
+        """Copy what the transformer must agree on from the tokenizer (and text encoder)."""
+        self.transformer.codebook_size = self.tokenizer.codebook_size
+        self.transformer.token_grid = self.tokenizer.token_grid
+        if text_dim is not None:
+            self.transformer.text_dim = text_dim
+        elif self.text.kind == "scratch":
+            self.transformer.text_dim = self.text.dim
 
 
 def _type_name(tp: Any) -> str:

@@ -1,0 +1,145 @@
+"""Training the C-ViViT tokenizer: reconstruction + quantizer (+ optional GAN/perceptual).
+
+The loop, checkpoints, EMA and resume come from `phenaki.training.Trainer`; this
+module only says what one step computes, what a preview shows and what is exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config
+from .cvivit import CViViT
+from .data import build_dataset
+from .losses import TokenizerLoss, build_discriminator, vgg16_perceptual
+from .metrics import codebook_perplexity, codebook_usage, psnr, ssim
+from .training import EMA, Trainer, collate_clips, frames_to_pixels, pixels_to_frames
+
+log = logging.getLogger(__name__)
+
+PREVIEW_CLIPS = 8
+
+
+class TokenizerTrainer(Trainer):
+    """Trains `CViViT` on the config's dataset; exports EMA weights to `<output_dir>/final`."""
+
+    name = "tokenizer"
+
+    def __init__(self, config: Config, **kwargs: Any) -> None:
+        super().__init__(config, config.train_tokenizer, **kwargs)
+        cfg = self.train_cfg
+        model = CViViT(config.tokenizer)
+        optimizer = self.make_optimizer(list(model.parameters()), cfg.lr)
+        discriminator = None
+        if cfg.adversarial_weight > 0:
+            discriminator = build_discriminator("frame", channels=config.tokenizer.channels)
+        perceptual = vgg16_perceptual(cfg.perceptual_net) if cfg.perceptual_weight > 0 else None
+        if perceptual is not None:
+            perceptual.to(self.device)
+        self.loss = TokenizerLoss.from_config(cfg, discriminator=discriminator, perceptual=perceptual)
+        self.ema = EMA(model, cfg.ema_decay)
+        self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        self.modules[self.name] = model
+        self.optimizers[self.name] = optimizer
+        self.schedulers[self.name] = self.make_scheduler(optimizer)
+        if discriminator is not None:
+            d_opt = torch.optim.AdamW(discriminator.parameters(), lr=cfg.discriminator_lr, betas=(0.5, 0.9))
+            discriminator, d_opt = self.accelerator.prepare(discriminator, d_opt)
+            self.loss.discriminator = discriminator
+            self.modules["discriminator"] = discriminator
+            self.optimizers["discriminator"] = d_opt
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._preview_pixels: torch.Tensor | None = None
+
+    @property
+    def unwrapped(self) -> CViViT:
+        return self.accelerator.unwrap_model(self.modules[self.name])
+
+    def training_step(self, batch: list[dict[str, Any]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Frames of different lengths (images and clips) come as groups; weight by size."""
+        model = self.modules[self.name]
+        total_items = sum(len(g["video"]) for g in batch)
+        loss = torch.zeros((), device=self.device)
+        metrics: dict[str, float] = {}
+        for group in batch:
+            pixels = frames_to_pixels(group["video"]).to(self.device, non_blocking=True)
+            out = model(pixels)
+            terms = self.loss.generator_loss(
+                out.recon, pixels, out.quantizer_loss, step, last_layer=self.unwrapped.last_layer_weights
+            )
+            share = len(pixels) / total_items
+            loss = loss + terms["loss"] * share
+            with torch.no_grad():
+                terms["psnr"] = psnr(out.recon.detach().float().clamp(0, 1), pixels)
+                terms["usage"] = out.codebook_usage
+            for key, value in terms.items():
+                metrics[key] = metrics.get(key, 0.0) + float(value.detach()) * share
+            self._last = (out.recon.detach(), pixels)
+        return loss, metrics
+
+    def after_optimizer_step(self) -> None:
+        """One discriminator update on the last reconstructions (after its warm-up)."""
+        if "discriminator" not in self.modules or self._last is None:
+            return
+        if not self.loss.adversarial_active(self.step):
+            return
+        recon, target = self._last
+        d_opt = self.optimizers["discriminator"]
+        terms = self.loss.discriminator_loss(recon, target, self.step)
+        self.accelerator.backward(terms["loss"])
+        d_opt.step()
+        d_opt.zero_grad(set_to_none=True)
+
+    def _preview_batch(self) -> torch.Tensor:
+        """Fixed held-out clips (the same every preview, so numbers compare across steps)."""
+        if self._preview_pixels is None:
+            dataset = build_dataset(self.config.data, "heldout", num_samples=PREVIEW_CLIPS, seed_offset=9973)
+            items = [dataset[i] for i in range(min(PREVIEW_CLIPS, len(dataset)))]
+            groups = collate_clips(items)
+            self._preview_pixels = frames_to_pixels(groups[0]["video"])
+        return self._preview_pixels
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+        """Reconstruction metrics of the EMA model on the preview clips (+ the clips)."""
+        self.ema.copy_to(self.ema_model)  # type: ignore[union-attr]
+        model = self.ema_model.to(self.device)
+        pixels = self._preview_batch().to(self.device)
+        ids = model.encode(pixels)
+        recon = model.decode(ids)
+        return {
+            "val_psnr": float(psnr(recon, pixels)),
+            "val_ssim": float(ssim(recon, pixels)),
+            "val_usage": float(codebook_usage(ids, model.codebook_size)),
+            "val_perplexity": float(codebook_perplexity(ids, model.codebook_size)),
+        }, pixels, recon
+
+    def preview(self) -> None:
+        """Log held-out metrics and write original | reconstruction side by side."""
+        from .video import write_video
+
+        metrics, pixels, recon = self.evaluate()
+        self.log_metrics(metrics)
+        side_by_side = torch.cat([pixels_to_frames(pixels), pixels_to_frames(recon)], dim=3)  # [B, T, H, 2W, 3]
+        grid = torch.cat(list(side_by_side[:4]), dim=1)  # clips stacked vertically
+        path = self.output_dir / "previews" / f"step-{self.step:07d}.gif"
+        write_video(path, grid, self.config.data.fps)
+        log.info("preview %s", path)
+
+    def export(self, path: Path) -> Path:
+        self.ema.copy_to(self.ema_model)  # type: ignore[union-attr]
+        return self.ema_model.save_pretrained(path)
+
+
+def train_tokenizer(config: Config, *, resume: str | None = None, stop_at: int | None = None,
+                    **kwargs: Any) -> Path:
+    """Build the dataset and trainer from `config` and train; returns the final model dir."""
+    trainer = TokenizerTrainer(config, **kwargs)
+    dataset = build_dataset(config.data, "train")
+    return trainer.fit(dataset, resume=resume, stop_at=stop_at)

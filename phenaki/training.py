@@ -1,0 +1,410 @@
+"""What every trainer shares: accelerate setup, schedules, EMA, exact resume.
+
+Both trainers (tokenizer and MaskGIT) subclass `Trainer` and only say how to compute
+a loss and a preview. Everything that makes a run trustworthy lives here once:
+
+- accelerate for devices, mixed precision (bf16 on CPU and GPU), DDP and gradient
+  accumulation; gradients clipped, LR warm-up then cosine decay, EMA weights;
+- a data order that depends only on (seed, sample position), so a resumed run reads
+  exactly the samples the uninterrupted run would have read;
+- checkpoints holding the full state (models, EMA, optimisers, schedulers, RNG,
+  step) written atomically; tensors in safetensors, optimiser/RNG state loaded back
+  with `torch.load(weights_only=True)` only: nothing arbitrary is unpickled;
+- only the main process writes checkpoints, previews and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .checkpoint import load_state_dict, save_state_dict, write_json
+from .fileio import atomic_write_dir, recover_dir
+from .config import Config, TrainConfig, to_dict
+
+log = logging.getLogger(__name__)
+
+STEP_DIR_RE = re.compile(r"^step-(\d+)$")
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (fp32 shadow copy).
+
+    Buffers (e.g. codebooks updated by EMA inside the quantizer) are copied as they
+    are, since averaging them again would double-smooth them.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+        self.param_names = {name for name, _ in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for key, value in model.state_dict().items():
+            if key in self.param_names and value.is_floating_point():
+                self.shadow[key].lerp_(value.detach().float(), 1.0 - self.decay)
+            else:
+                self.shadow[key].copy_(value.detach())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise ValueError(f"EMA state is missing {sorted(missing)[:5]}")
+        self.shadow = {k: state[k].float() if state[k].is_floating_point() else state[k] for k in self.shadow}
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Load the averaged weights into `model` (e.g. a copy used for export)."""
+        own = model.state_dict()
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in self.shadow.items()})
+
+
+class ResumableSampler(Sampler[int]):
+    """An endless, shuffled, per-process index stream that can start at any position.
+
+    Epoch e is a permutation drawn from (seed, e); process r of w takes every w-th
+    index. Starting at `start` (samples already consumed by this process) reproduces
+    exactly what an uninterrupted run would read next.
+    """
+
+    def __init__(self, size: int, *, seed: int, rank: int = 0, world: int = 1, start: int = 0) -> None:
+        if size < world:
+            raise ValueError(f"dataset of {size} samples is smaller than {world} processes")
+        self.size, self.seed, self.rank, self.world, self.start = size, seed, rank, world, start
+
+    def per_epoch(self) -> int:
+        return self.size // self.world
+
+    def __iter__(self) -> Iterator[int]:
+        per_epoch = self.per_epoch()
+        epoch, offset = divmod(self.start, per_epoch)
+        while True:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.size, generator=gen)[self.rank : per_epoch * self.world : self.world]
+            yield from order[offset:].tolist()
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # DataLoader asks; the stream itself is endless
+        return 2**62
+
+
+def collate_clips(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Group samples by frame count (images are 1-frame clips) so each group stacks.
+
+    Works for pixel clips (`video`, [T, H, W, 3]) and token clips (`ids`, [T', H', W']).
+    """
+    key = "video" if "video" in batch[0] else "ids"
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for item in batch:
+        groups.setdefault(int(item[key].shape[0]), []).append(item)
+    out = []
+    for _, items in sorted(groups.items(), reverse=True):
+        group: dict[str, Any] = {}
+        for key in items[0]:
+            values = [it[key] for it in items]
+            if isinstance(values[0], torch.Tensor):
+                group[key] = torch.stack(values)
+            elif isinstance(values[0], (int, float)):
+                group[key] = torch.tensor(values)
+            else:
+                group[key] = values
+        out.append(group)
+    return out
+
+
+def frames_to_pixels(video: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [0, 1] (the models' input)."""
+    return video.permute(0, 4, 1, 2, 3).float().div_(255.0)
+
+
+def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """float [B, 3, T, H, W] in [0, 1] -> uint8 [B, T, H, W, 3]."""
+    return pixels.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
+    """`latest` -> newest `checkpoints/step-N` (or None); otherwise an explicit directory."""
+    if resume == "latest":
+        root = output_dir / "checkpoints"
+        if not root.is_dir():
+            return None
+        steps = sorted(
+            (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR_RE.match(p.name)) and p.is_dir()
+        )
+        return steps[-1][1] if steps else None
+    path = recover_dir(Path(resume))
+    if not (path / "state.json").is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a training checkpoint (no state.json)")
+    return path
+
+
+class Trainer:
+    """A training loop with everything but the loss: subclasses implement `training_step`.
+
+    Subclasses set `self.model` (the module whose EMA is kept and exported), may add
+    more modules/optimisers to `self.modules` / `self.optimizers`, and implement
+    `training_step(batch, step) -> (loss, metrics)`, `preview(step)` and `export(dir)`.
+    """
+
+    name = "model"
+
+    def __init__(self, config: Config, train: TrainConfig, *, output_dir: str | Path | None = None,
+                 progress: bool = True, cpu: bool | None = None) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.config = config
+        self.train_cfg = train
+        self.output_dir = Path(output_dir or train.output_dir)
+        self.progress = progress
+        kwargs: dict[str, Any] = {}
+        if cpu is not None:
+            kwargs["cpu"] = cpu
+        self.accelerator = Accelerator(
+            mixed_precision=train.mixed_precision,
+            **kwargs,
+        )
+        set_seed(train.seed + self.accelerator.process_index)
+        self.step = 0
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+        self.ema: EMA | None = None
+        self._metrics_file = self.output_dir / "metrics.jsonl"
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """AdamW with weight decay on matrices only (norms, biases and embeddings of size 1-D are spared)."""
+        decay = [p for p in params if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in params if p.requires_grad and p.ndim < 2]
+        groups = [
+            {"params": decay, "weight_decay": self.train_cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=lr, betas=self.train_cfg.betas)
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        cfg = self.train_cfg
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        )
+
+    def make_loader(self, dataset: Dataset, start_step: int) -> DataLoader:
+        """A loader whose order depends only on the seed and the samples already consumed."""
+        cfg = self.train_cfg
+        per_step = cfg.batch_size * cfg.grad_accum
+        sampler = ResumableSampler(
+            len(dataset),  # type: ignore[arg-type]
+            seed=cfg.seed,
+            rank=self.accelerator.process_index,
+            world=self.accelerator.num_processes,
+            start=start_step * per_step,
+        )
+        workers = self.config.data.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            collate_fn=collate_clips,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            generator=torch.Generator().manual_seed(cfg.seed),  # never touches the global RNG
+            drop_last=True,
+        )
+
+    # ----------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path | None:
+        """Full training state at the current step; main process only; keeps the last K."""
+        self.accelerator.wait_for_everyone()
+        if not self.is_main:
+            return None
+        path = self.output_dir / "checkpoints" / f"step-{self.step:07d}"
+
+        def write(tmp: Path) -> None:
+            for name, module in self.modules.items():
+                save_state_dict(self.accelerator.unwrap_model(module).state_dict(), tmp / f"{name}.safetensors")
+            if self.ema is not None:
+                save_state_dict(self.ema.state_dict(), tmp / "ema.safetensors")
+            torch.save(
+                {
+                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                    "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+                },
+                tmp / "optim.pt",
+            )
+            torch.save(
+                {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                 "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]},
+                tmp / "rng.pt",
+            )
+            write_json(tmp / "state.json", {"step": self.step, "config": to_dict(self.config)})
+
+        atomic_write_dir(path, write)
+        self._prune_checkpoints()
+        log.info("saved checkpoint %s", path)
+        return path
+
+    def _prune_checkpoints(self) -> None:
+        root = self.output_dir / "checkpoints"
+        steps = sorted(p for p in root.iterdir() if STEP_DIR_RE.match(p.name))
+        for old in steps[: -self.train_cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore everything `save_checkpoint` wrote (tensors via safetensors, the rest weights_only)."""
+        for name, module in self.modules.items():
+            self.accelerator.unwrap_model(module).load_state_dict(load_state_dict(path / f"{name}.safetensors"))
+        if self.ema is not None:
+            self.ema.load_state_dict(load_state_dict(path / "ema.safetensors"))
+        optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
+        for key, opt in self.optimizers.items():
+            opt.load_state_dict(optim["optimizers"][key])
+        for key, sched in self.schedulers.items():
+            sched.load_state_dict(optim["schedulers"][key])
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+        self.step = json.loads((path / "state.json").read_text())["step"]
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ loop
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Append one JSON line per log step (main process only)."""
+        if not self.is_main:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        record = {"step": self.step, **{k: round(float(v), 6) for k, v in metrics.items()}}
+        with self._metrics_file.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        log.info("step %d %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+    def training_step(self, batch: list[dict[str, Any]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError  # abstract: each trainer defines its loss
+
+    def after_optimizer_step(self) -> None:
+        """Hook for extra per-step updates (e.g. a discriminator)."""
+
+    def preview(self) -> None:
+        """Write previews for the current step (main process only)."""
+
+    def export(self, path: Path) -> Path:
+        """Write the final model (EMA weights) as a `from_pretrained` directory."""
+        raise NotImplementedError  # abstract: each trainer knows its model class
+
+    def fit(self, dataset: Dataset, resume: str | None = None, stop_at: int | None = None) -> Path:
+        """Train to `train.steps`, checkpointing, previewing and logging on the way.
+
+        `stop_at` ends this invocation early at that step with a checkpoint (for
+        time-boxed jobs); a later `resume="latest"` continues exactly. Returns the
+        final model directory, or the checkpoint when stopped early.
+        """
+        from tqdm import tqdm
+
+        cfg = self.train_cfg
+        if resume:
+            ckpt = find_checkpoint(self.output_dir, resume)
+            if ckpt is not None:
+                self.load_checkpoint(ckpt)
+            else:
+                log.info("no checkpoint to resume in %s; starting fresh", self.output_dir)
+        model = self.modules[self.name]
+        loader = iter(self.make_loader(dataset, self.step))
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.name}",
+                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        running: dict[str, float] = {}
+        count = 0
+        started = time.perf_counter()
+        optimizer = self.optimizers[self.name]
+        end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        while self.step < end:
+            for micro in range(cfg.grad_accum):
+                batch = next(loader)
+                # DDP all-reduces only on the last micro-batch of an accumulation.
+                sync = micro == cfg.grad_accum - 1
+                with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
+                    loss, metrics = self.training_step(batch, self.step)
+                    self.accelerator.backward(loss / cfg.grad_accum)
+                for key, value in metrics.items():
+                    running[key] = running.get(key, 0.0) + float(value)
+                count += 1
+            if cfg.grad_clip > 0:
+                running["grad_norm"] = running.get("grad_norm", 0.0) + cfg.grad_accum * float(
+                    self.accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                )
+            optimizer.step()
+            self.schedulers[self.name].step()
+            optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.accelerator.unwrap_model(model))
+            self.after_optimizer_step()
+            self.step += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                averaged = {k: v / count for k, v in running.items()}
+                averaged["lr"] = self.schedulers[self.name].get_last_lr()[0]
+                averaged["sec_per_step"] = (time.perf_counter() - started) / max(1, count / cfg.grad_accum)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in averaged.items() if k in ("loss", "psnr")})
+                self.log_metrics(averaged)
+                running, count, started = {}, 0, time.perf_counter()
+            if cfg.preview_every and self.step % cfg.preview_every == 0 and self.is_main:
+                self.preview()
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end:
+                self.save_checkpoint()
+        bar.close()
+        checkpoint = self.save_checkpoint()
+        if self.step < cfg.steps:
+            self.accelerator.wait_for_everyone()
+            return checkpoint or self.output_dir / "checkpoints"
+        final = self.output_dir / "final"
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            self.export(final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
+    """`--set train_tokenizer.steps=100` pairs; values are YAML (numbers, lists, true/false)."""
+    import yaml
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. train_tokenizer.steps=100), got '{item}'")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides

@@ -1,0 +1,106 @@
+import itertools
+import json
+
+import pytest
+import torch
+
+from phenaki.config import Config, from_dict
+from phenaki.cvivit import CViViT
+from phenaki.checkpoint import load_state_dict
+from phenaki.tokenizer_trainer import train_tokenizer
+from phenaki.training import EMA, ResumableSampler, collate_clips, lr_factor, parse_overrides
+
+
+def tiny_config(out, quantizer="vq", steps=4, **train):
+    return from_dict(Config, {
+        "tokenizer": {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
+                      "quantizer": quantizer, "codebook_size": 64, "codebook_dim": 8, "num_frames": 5,
+                      "dropout": 0.1},
+        "data": {"kind": "shapes", "num_frames": 5, "num_samples": 40, "image_prob": 0.25,
+                 "context_frames": 2, "holdout_combinations": [["red", "circle", "up"]]},
+        "train_tokenizer": {"output_dir": str(out), "steps": steps, "batch_size": 3, "warmup_steps": 1,
+                            "save_every": 2, "preview_every": 0, "log_every": 1, "ema_decay": 0.9,
+                            "mixed_precision": "bf16", **train},
+    })
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train_tokenizer(tiny_config(tmp_path / "a"), progress=False)
+    train_tokenizer(tiny_config(tmp_path / "b"), stop_at=2, progress=False)
+    assert not (tmp_path / "b" / "final").exists()
+    resumed = train_tokenizer(tiny_config(tmp_path / "b"), resume="latest", progress=False)
+    a = load_state_dict(tmp_path / "a" / "checkpoints" / "step-0000004" / "tokenizer.safetensors")
+    b = load_state_dict(tmp_path / "b" / "checkpoints" / "step-0000004" / "tokenizer.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    # the exported EMA models agree too, and they load as tokenizers
+    ta, tb = CViViT.from_pretrained(straight), CViViT.from_pretrained(resumed)
+    for (ka, va), (_, vb) in zip(ta.state_dict().items(), tb.state_dict().items()):
+        torch.testing.assert_close(va, vb, rtol=0, atol=1e-6, msg=ka)
+    # and training changed the weights at all (the comparison is not vacuous)
+    fresh = load_state_dict(tmp_path / "a" / "checkpoints" / "step-0000002" / "tokenizer.safetensors")
+    assert any(not torch.equal(fresh[k], a[k]) for k in a)
+
+
+def test_run_writes_metrics_previews_and_checkpoints(tmp_path):
+    config = tiny_config(tmp_path / "run", quantizer="fsq", preview_every=2, keep_checkpoints=1)
+    config.tokenizer.fsq_levels = [4, 4, 4]
+    config.tokenizer.__post_init__()
+    final = train_tokenizer(config, progress=False)
+    assert (final / "config.json").is_file() and (final / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000004"]
+    assert sorted(p.name for p in (tmp_path / "run" / "previews").iterdir()) == [
+        "step-0000002.gif", "step-0000004.gif"]
+    records = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "psnr", "lr", "grad_norm"} <= set(records[0])
+    assert any("val_psnr" in r and "val_ssim" in r and "val_usage" in r for r in records)
+
+
+def test_resume_rejects_a_non_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        train_tokenizer(tiny_config(tmp_path / "c"), resume=str(tmp_path), progress=False)
+
+
+def test_lr_warmup_then_cosine_to_floor():
+    values = [lr_factor(s, 10, 110, 0.1) for s in range(111)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[9:], values[10:]))
+    assert values[110] == pytest.approx(0.1)
+
+
+def test_ema_tracks_parameters_and_copies_buffers():
+    model = torch.nn.BatchNorm1d(3)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        model.running_mean.fill_(7.0)
+    ema.update(model)
+    assert torch.allclose(ema.shadow["weight"], torch.full((3,), 2.0))  # halfway from 1 to 3
+    assert torch.allclose(ema.shadow["running_mean"], torch.full((3,), 7.0))
+
+
+def test_sampler_shards_are_disjoint_and_resumable():
+    ranks = [list(itertools.islice(iter(ResumableSampler(10, seed=1, rank=r, world=2)), 5)) for r in range(2)]
+    assert sorted(ranks[0] + ranks[1]) == list(range(10))
+    whole = list(itertools.islice(iter(ResumableSampler(10, seed=1)), 23))
+    resumed = list(itertools.islice(iter(ResumableSampler(10, seed=1, start=13)), 10))
+    assert resumed == whole[13:23]
+    assert sorted(whole[:10]) == list(range(10)) and whole[:10] != whole[10:20]
+
+
+def test_collate_groups_images_and_clips():
+    batch = [
+        {"video": torch.zeros(5, 4, 4, 3, dtype=torch.uint8), "caption": "a", "context_frames": 0},
+        {"video": torch.zeros(1, 4, 4, 3, dtype=torch.uint8), "caption": "b", "context_frames": 0},
+        {"video": torch.zeros(5, 4, 4, 3, dtype=torch.uint8), "caption": "c", "context_frames": 2},
+    ]
+    groups = collate_clips(batch)
+    assert [tuple(g["video"].shape[:2]) for g in groups] == [(2, 5), (1, 1)]
+    assert groups[0]["caption"] == ["a", "c"] and groups[0]["context_frames"].tolist() == [0, 2]
+
+
+def test_parse_overrides():
+    assert parse_overrides(("a.b=3", "c=[1, 2]", "d=true")) == {"a.b": 3, "c": [1, 2], "d": True}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(("nonsense",))
