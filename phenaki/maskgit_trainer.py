@@ -1,0 +1,213 @@
+"""Training the text-conditioned MaskGIT on token ids from a frozen tokenizer.
+
+A step runs only the transformer (and a small text encoder when it is trained from
+scratch): the dataset is tokenised once into a token cache, and a frozen pretrained
+text encoder's embeddings are cached per distinct caption.
+
+Per sample, the clean prefix ("prime") is:
+- the context token-frames of a clip that straddles a scene change (always: the new
+  prompt describes only the new frames, which is exactly the story-extension task);
+- otherwise, with probability `continuation_prob`, a random number of leading
+  token-frames (prime-video continuation), else none (generation from scratch).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config, to_dict
+from .cvivit import CViViT
+from .fileio import atomic_write_dir, atomic_write_text
+from .maskgit import MaskGit
+from .masking import continuation_prime, maskgit_loss
+from .text import TextEncoder
+from .training import EMA, Trainer
+
+log = logging.getLogger(__name__)
+
+PIPELINE_FILE = "pipeline.json"
+
+
+class MaskGitObjective(nn.Module):
+    """MaskGit plus (when trained jointly) its text encoder: one module, one DDP wrapper."""
+
+    def __init__(self, maskgit: MaskGit, text: TextEncoder | None, config: Config) -> None:
+        super().__init__()
+        self.maskgit = maskgit
+        self.text = text
+        self.train_cfg = config.train_maskgit
+
+    def forward(self, ids: torch.Tensor, prime: torch.Tensor, captions: list[str],
+                text_emb: torch.Tensor | None = None, text_mask: torch.Tensor | None = None):
+        if self.text is not None:
+            text_emb, text_mask = self.text(captions)
+        cfg = self.train_cfg
+        return maskgit_loss(
+            self.maskgit, ids, text_emb, text_mask,
+            schedule=cfg.mask_schedule, cond_drop_prob=cfg.cond_drop_prob,
+            label_smoothing=cfg.label_smoothing, prime_frames=prime, critic_weight=cfg.critic_weight,
+        )
+
+
+def training_captions(dataset: Any, limit: int = 20000) -> list[str]:
+    """Captions for building a scratch text tokenizer (from a token cache or any dataset)."""
+    if hasattr(dataset, "captions"):
+        return list(dataset.captions[:limit])
+    return [dataset[i]["caption"] for i in range(min(limit, len(dataset)))]
+
+
+class MaskGitTrainer(Trainer):
+    """Trains MaskGit (+ scratch text encoder) on a `TokenDataset`; exports a pipeline directory."""
+
+    name = "maskgit"
+
+    def __init__(self, config: Config, tokenizer_dir: str | Path, captions: list[str], **kwargs: Any) -> None:
+        super().__init__(config, config.train_maskgit, **kwargs)
+        cfg = self.train_cfg
+        self.tokenizer_dir = Path(tokenizer_dir)
+        tokenizer_cfg = CViViT.load_config(self.tokenizer_dir)
+        config.tokenizer = tokenizer_cfg
+        text = TextEncoder.from_config(config.text, captions)
+        config.resolve(text_dim=text.dim)
+        self.trainable_text = text.trainable
+        self.frozen_text = None if text.trainable else text.to(self.device)
+        objective = MaskGitObjective(MaskGit(config.transformer), text if text.trainable else None, config)
+        optimizer = self.make_optimizer([p for p in objective.parameters() if p.requires_grad], cfg.lr)
+        self.ema = EMA(objective, cfg.ema_decay)
+        self.ema_objective = copy.deepcopy(objective).requires_grad_(False).eval()
+        objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        self.modules[self.name] = objective
+        self.optimizers[self.name] = optimizer
+        self.schedulers[self.name] = self.make_scheduler(optimizer)
+        self._tokenizer: CViViT | None = None
+
+    def training_step(self, batch: list[dict[str, Any]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        objective = self.modules[self.name]
+        total = sum(len(g["ids"]) for g in batch)
+        loss = torch.zeros((), device=self.device)
+        metrics: dict[str, float] = {}
+        for group in batch:
+            ids = group["ids"].to(self.device, non_blocking=True)
+            b, t = ids.shape[:2]
+            context = group["prime_frames"].to(self.device)
+            prime = torch.where(
+                context > 0, context, continuation_prime(b, t, self.train_cfg.continuation_prob, device=self.device)
+            )
+            text_emb = text_mask = None
+            if self.frozen_text is not None:
+                text_emb, text_mask = self.frozen_text.encode_cached(group["caption"])
+            part, terms = objective(ids, prime, group["caption"], text_emb, text_mask)
+            share = b / total
+            loss = loss + part * share
+            for key, value in terms.items():
+                metrics[key] = metrics.get(key, 0.0) + float(value) * share
+        return loss, metrics
+
+    # ------------------------------------------------------------------ output
+    def _ema_modules(self) -> MaskGitObjective:
+        self.ema.copy_to(self.ema_objective)  # type: ignore[union-attr]
+        return self.ema_objective
+
+    def _text_encoder(self, objective: MaskGitObjective) -> TextEncoder:
+        return objective.text if objective.text is not None else self.frozen_text  # type: ignore[return-value]
+
+    def tokenizer(self) -> CViViT:
+        if self._tokenizer is None:
+            self._tokenizer = CViViT.from_pretrained(self.tokenizer_dir).eval()
+        return self._tokenizer
+
+    @torch.no_grad()
+    def preview(self) -> None:
+        """Sample the preview prompts with the EMA weights and write them as one GIF."""
+        from .sampling import sample
+        from .training import pixels_to_frames
+        from .video import write_video
+
+        prompts = self.train_cfg.preview_prompts
+        if not prompts:
+            return
+        objective = self._ema_modules().to(self.device)
+        text_emb, text_mask = self._text_encoder(objective).encode(prompts)
+        s = self.config.sampling
+        frames = s.first_frames
+        token_frames = self.config.tokenizer.token_frames(frames)
+        ids = sample(objective.maskgit, text_emb, text_mask, num_token_frames=token_frames, steps=s.steps,
+                     guidance=s.guidance, temperature=s.temperature, schedule=s.schedule,
+                     generator=torch.Generator(device=self.device).manual_seed(0))
+        video = pixels_to_frames(self.tokenizer().to(self.device).decode(ids))
+        grid = torch.cat(list(video), dim=2)  # prompts side by side
+        path = self.output_dir / "previews" / f"step-{self.step:07d}.gif"
+        write_video(path, grid, self.config.data.fps)
+        log.info("preview %s (%s)", path, " | ".join(prompts))
+
+    def export(self, path: Path) -> Path:
+        """A complete pipeline directory: tokenizer/, transformer/, text_encoder/, pipeline.json."""
+        objective = self._ema_modules()
+        text = self._text_encoder(objective)
+
+        def write(tmp: Path) -> None:
+            shutil.copytree(self.tokenizer_dir, tmp / "tokenizer")
+            objective.maskgit.save_pretrained(tmp / "transformer")
+            text_ref: str = "text_encoder"
+            if self.trainable_text or Path(text.name).is_dir():
+                text.save_pretrained(tmp / "text_encoder")
+            else:
+                text_ref = text.name  # a large frozen encoder is referenced, not copied
+            settings = {
+                "text_encoder": text_ref,
+                "text": to_dict(self.config.text),
+                "sampling": to_dict(self.config.sampling),
+                "fps": self.config.data.fps,
+                "training": {"steps": self.step, "config": to_dict(self.train_cfg)},
+            }
+            atomic_write_text(tmp / PIPELINE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+        return atomic_write_dir(path, write)
+
+
+def ensure_token_cache(config: Config, tokenizer_dir: Path, *, device: str = "cpu") -> Path:
+    """Tokenise the training data once (resumable); later runs reuse the cache."""
+    from tqdm import tqdm
+
+    from .data import build_dataset
+    from .token_cache import MANIFEST, tokenize_dataset
+
+    cfg = config.train_maskgit
+    path = Path(cfg.tokens_cache or Path(cfg.output_dir) / "tokens")
+    if (path / MANIFEST).is_file():
+        return path
+    tokenizer = CViViT.from_pretrained(tokenizer_dir)
+    dataset = build_dataset(config.data, "train")
+    autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
+    with tqdm(total=min(config.data.num_samples, len(dataset)), desc="tokenise", unit="clip") as bar:
+        tokenize_dataset(tokenizer, dataset, path, num_items=config.data.num_samples, device=device,
+                         autocast=autocast, progress=bar.update)
+    return path
+
+
+def train_maskgit(config: Config, tokenizer_dir: str | Path | None = None, *, resume: str | None = None,
+                  stop_at: int | None = None, **kwargs: Any) -> Path:
+    """Token cache (built on first use), then MaskGIT training; returns the pipeline directory."""
+    from accelerate import PartialState
+
+    from .token_cache import TokenDataset
+
+    tokenizer_dir = Path(tokenizer_dir or Path(config.train_tokenizer.output_dir) / "final")
+    if not (tokenizer_dir / "config.json").is_file():
+        raise FileNotFoundError(f"no trained tokenizer at {tokenizer_dir}: train one first or pass --tokenizer")
+    if kwargs.get("output_dir"):
+        config.train_maskgit.output_dir = str(kwargs["output_dir"])
+    state = PartialState()
+    with state.main_process_first():
+        cache = ensure_token_cache(config, tokenizer_dir, device=str(state.device))
+    dataset = TokenDataset(cache)
+    trainer = MaskGitTrainer(config, tokenizer_dir, training_captions(dataset), **kwargs)
+    return trainer.fit(dataset, resume=resume, stop_at=stop_at)

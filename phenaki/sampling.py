@@ -1,0 +1,292 @@
+"""MaskGIT iterative decoding (Chang et al. 2022) with classifier-free guidance.
+
+Start from all-mask (after an optional fixed prime), and at each of `steps` steps:
+predict every masked token, sample one candidate per position, score it, and keep
+the most confident ones so that the number still masked follows the schedule
+gamma((step + 1) / steps); the last step reveals everything.
+
+Guidance convention: logits = uncond + scale * (cond - uncond). scale 1 is the plain
+conditional model, 0 the unconditional one, > 1 pushes towards the text. With
+`guidance_ramp` the scale rises linearly from 1 at the first step to `guidance` at
+the last (early steps lay out a diverse composition, later ones follow the text).
+Conditional and unconditional rows run as ONE forward of batch 2B, and the text
+context (cross-attention K/V) is prepared once per call.
+
+Confidence of a sampled token = its log-probability (after guidance, temperature
+and filtering) + Gumbel noise * temperature * (1 - (step + 1) / steps), annealed as
+in the official MaskGIT, so early choices are diverse and late ones greedy. With
+`use_critic`, the token critic's log-probability that the token is right replaces
+the generator's log-probability. Revealed and prime tokens are never re-masked.
+
+All randomness comes from the `generator` argument: a given seed gives the same
+tokens. Nothing here holds state; the model is put in eval mode for the call and
+restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .maskgit import MaskGit, TextContext
+from .masking import Schedule, mask_schedule, uniform
+
+log = logging.getLogger(__name__)
+
+__all__ = ["filter_logits", "guidance_scales", "gumbel", "masked_counts", "sample"]
+
+Progress = Callable[[int, int], None]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def masked_counts(num_tokens: int, steps: int, schedule: str | Schedule = "cosine") -> list[int]:
+    """Tokens still masked after each step: floor(gamma((s+1)/steps) * N), >= 1 fewer each step, 0 at the end."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    gamma = mask_schedule(schedule)
+    ratios = torch.arange(1, steps + 1, dtype=torch.float64) / steps
+    targets = torch.floor(gamma(ratios).clamp(0.0, 1.0) * num_tokens).long().tolist()
+    counts, remaining = [], num_tokens
+    for target in targets[:-1]:
+        remaining = max(0, min(remaining - 1, target))
+        counts.append(remaining)
+    counts.append(0)
+    return counts
+
+
+def guidance_scales(guidance: float, steps: int, ramp: bool) -> list[float]:
+    """Per-step guidance scale: constant, or linear from 1 (plain conditional) to `guidance`."""
+    if not ramp or steps == 1:
+        return [float(guidance)] * steps
+    return [1.0 + (guidance - 1.0) * s / (steps - 1) for s in range(steps)]
+
+
+def gumbel(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Standard Gumbel noise, drawn through `generator`."""
+    u = uniform(shape, generator, device).clamp_(1e-20, 1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """Set logits outside the top-k / nucleus (top-p) to -inf; the best token always survives."""
+    if top_k is not None:
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if top_k < logits.shape[-1]:
+            kth = logits.topk(top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None:
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(dim=-1)
+            drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p  # mass before this token
+            drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+            logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@contextlib.contextmanager
+def _eval(module: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) for the call, then every submodule's own mode back."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _check_prime(model: MaskGit, prime: Tensor | None, batch: int, frames: int) -> int:
+    """Validate the prime ids; return the number of primed token-frames."""
+    if prime is None:
+        return 0
+    model.check_ids(prime, allow_mask=False)
+    if prime.shape[0] != batch:
+        raise ValueError(f"prime batch {prime.shape[0]} does not match text batch {batch}")
+    if prime.shape[1] > frames:
+        raise ValueError(f"prime has {prime.shape[1]} token-frames, more than num_token_frames={frames}")
+    return prime.shape[1]
+
+
+def _contexts(
+    model: MaskGit, text_emb: Tensor | None, text_mask: Tensor | None, batch: int, guided: bool, scale: float
+) -> TextContext:
+    """The one context for the whole call: cond rows, then (when guided) null rows."""
+    if text_emb is None or not model.conditional:
+        return model.null_context(batch)
+    if text_mask is None:
+        text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=text_emb.device)
+    if guided:
+        drop = torch.arange(2 * batch, device=text_emb.device) >= batch
+        return model.prepare_context(
+            torch.cat([text_emb, text_emb]), torch.cat([text_mask, text_mask]), drop_text=drop
+        )
+    drop = torch.full((batch,), scale == 0.0, dtype=torch.bool, device=text_emb.device)
+    return model.prepare_context(text_emb, text_mask, drop_text=drop)
+
+
+def _guided_logits(model: MaskGit, ids: Tensor, context: TextContext, guided: bool, scale: float) -> Tensor:
+    """Float logits [B, N, V], guidance applied (one forward of batch 2B when guided)."""
+    b = ids.shape[0]
+    logits = model(torch.cat([ids, ids]) if guided else ids, context=context).float()
+    logits = logits.view(logits.shape[0], -1, logits.shape[-1])
+    if not guided:
+        return logits
+    cond, uncond = logits[:b], logits[b:]
+    return uncond + scale * (cond - uncond)
+
+
+def _pick(
+    logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Sample one token per position; return (tokens [B, N], their log-probs [B, N])."""
+    if temperature > 0:
+        logits = logits / temperature
+    logits = filter_logits(logits, top_k, top_p)
+    log_probs = logits.log_softmax(dim=-1)
+    if temperature > 0:
+        tokens = (log_probs + gumbel(tuple(log_probs.shape), generator, log_probs.device)).argmax(dim=-1)
+    else:
+        tokens = log_probs.argmax(dim=-1)
+    return tokens, log_probs.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+@torch.no_grad()
+def sample(
+    model: MaskGit,
+    text_emb: Tensor | None,
+    text_mask: Tensor | None,
+    *,
+    num_token_frames: int,
+    prime: Tensor | None = None,
+    steps: int = 12,
+    guidance: float = 3.0,
+    guidance_ramp: bool = False,
+    temperature: float = 1.0,
+    schedule: str | Schedule = "cosine",
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_critic: bool = False,
+    progress: Progress | None = None,
+    batch_size: int | None = None,
+) -> Tensor:
+    """Generate token ids [B, num_token_frames, H', W'] for the text; `prime` fixes the first frames.
+
+    `temperature` scales both the sampling logits (0 = greedy) and the confidence noise.
+    `progress(step, steps)` is called after each step with step = 1..steps.
+    `batch_size` is only needed when there is neither text nor prime (unconditional).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if use_critic and not model.has_critic:
+        raise ValueError("use_critic=True but the model has no token critic (config.critic is False)")
+    if not 1 <= num_token_frames <= model.config.max_token_frames:
+        raise ValueError(
+            f"num_token_frames={num_token_frames} must be in 1..{model.config.max_token_frames} "
+            f"(the model's max_token_frames)"
+        )
+    device = model.device
+    batch = _batch_size(text_emb, prime, batch_size)
+    prime_frames = _check_prime(model, prime, batch, num_token_frames)
+    h, w = model.token_grid
+    ids = torch.full((batch, num_token_frames * h * w), model.mask_id, dtype=torch.long, device=device)
+    if prime is not None:
+        ids[:, : prime_frames * h * w] = prime.to(device).reshape(batch, -1)
+    num_free = (num_token_frames - prime_frames) * h * w
+    if num_free == 0:
+        return ids.view(batch, num_token_frames, h, w)
+
+    scales = guidance_scales(guidance, steps, guidance_ramp)
+    # plain conditional (all scales 1) or plain unconditional (all 0) need only B rows
+    guided = model.conditional and text_emb is not None and not (set(scales) <= {1.0} or set(scales) <= {0.0})
+    counts = masked_counts(num_free, steps, schedule)
+    with _eval(model):
+        context = _contexts(model, text_emb, text_mask, batch, guided, float(guidance))
+        critic_ctx = _cond_rows(context, batch) if use_critic else None
+        if critic_ctx is not None:
+            model.critic_kv(critic_ctx)  # computed once, cached on the context
+        for step in range(steps):
+            if step > 0 and counts[step - 1] == 0:
+                log.debug("all tokens revealed after %d of %d steps", step, steps)
+                break
+            ids = _step(
+                model, ids, context, step, steps, counts[step], guided, scales[step],
+                temperature, top_k, top_p, generator, critic_ctx,
+            )
+            if progress is not None:
+                progress(step + 1, steps)
+    return ids.view(batch, num_token_frames, h, w)
+
+
+def _batch_size(text_emb: Tensor | None, prime: Tensor | None, batch_size: int | None) -> int:
+    if text_emb is not None:
+        return text_emb.shape[0]
+    if prime is not None:
+        return prime.shape[0]
+    if batch_size is None:
+        raise ValueError("sample needs text_emb, prime or batch_size to know the batch size")
+    return batch_size
+
+
+def _step(
+    model: MaskGit,
+    ids: Tensor,
+    context: TextContext,
+    step: int,
+    steps: int,
+    keep_masked: int,
+    guided: bool,
+    scale: float,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator | None,
+    critic_ctx: TextContext | None,
+) -> Tensor:
+    """One decoding step on flat ids [B, N]: fill every masked position, re-mask the least sure."""
+    b, n = ids.shape
+    h, w = model.token_grid
+    unknown = ids == model.mask_id
+    logits = _guided_logits(model, ids.view(b, -1, h, w), context, guided, scale)
+    tokens, confidence = _pick(logits, temperature, top_k, top_p, generator)
+    filled = torch.where(unknown, tokens, ids)
+    if keep_masked == 0:
+        return filled
+    if critic_ctx is not None:
+        wrong = model.critic_logits(filled.view(b, -1, h, w), context=critic_ctx).view(b, n)
+        confidence = F.logsigmoid(-wrong)  # log P(token is right)
+    noise_scale = temperature * (1.0 - (step + 1) / steps)
+    if noise_scale > 0:
+        confidence = confidence + noise_scale * gumbel((b, n), generator, ids.device)
+    confidence = confidence.masked_fill(~unknown, math.inf)
+    remask = confidence.topk(keep_masked, dim=-1, largest=False).indices
+    return filled.scatter(-1, remask, model.mask_id)
+
+
+def _cond_rows(context: TextContext, batch: int) -> TextContext:
+    """The conditional half of a guided context: the critic judges against the real text."""
+    if context.batch == batch:
+        return context
+    return TextContext(
+        tokens=context.tokens[:batch],
+        mask=context.mask[:batch],
+        kv=tuple((k[:batch], v[:batch]) for k, v in context.kv),
+        attn_mask=None if context.attn_mask is None else context.attn_mask[:batch],
+    )

@@ -1,0 +1,160 @@
+"""Pre-tokenised training data: run the frozen tokenizer once, train MaskGIT on ids.
+
+A MaskGIT step should cost one transformer pass, not a video decode plus a tokenizer
+pass. `tokenize_dataset` encodes a dataset in chunks (each written atomically, so a
+crashed run resumes without redoing finished chunks) and `TokenDataset` serves the ids
+with their captions and the number of leading token-frames that are context from a
+previous scene (clips that straddle a scene change).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+
+from .config import to_dict
+from .cvivit import CViViT
+from .fileio import atomic_file, atomic_write_text
+from .training import collate_clips, frames_to_pixels
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def context_token_frames(context_frames: int, temporal_patch_size: int) -> int:
+    """Token-frames covering the first `context_frames` frames (0 when there is no context).
+
+    Context lengths of 1 + pt*j frames fill whole token-frames; other lengths are
+    rounded down so the prime never includes frames of the new scene.
+    """
+    if context_frames <= 0:
+        return 0
+    return 1 + (context_frames - 1) // temporal_patch_size
+
+
+def _chunk_name(index: int) -> str:
+    return f"chunk-{index:05d}.safetensors"
+
+
+@torch.no_grad()
+def tokenize_dataset(
+    tokenizer: CViViT,
+    dataset: Dataset,
+    out_dir: str | Path,
+    *,
+    num_items: int | None = None,
+    chunk_size: int = 1024,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    autocast: torch.dtype | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> Path:
+    """Encode `num_items` items of `dataset` into `out_dir`; finished chunks are kept on restart."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    total = min(num_items or len(dataset), len(dataset))  # type: ignore[arg-type]
+    tokenizer = tokenizer.to(device).eval()
+    pt = tokenizer.config.temporal_patch_size
+    device_type = torch.device(device).type
+    chunks = []
+    for index, start in enumerate(range(0, total, chunk_size)):
+        name = _chunk_name(index)
+        chunks.append(name)
+        stop = min(start + chunk_size, total)
+        if (out / name).exists():
+            log.info("%s exists: skipping items %d-%d", name, start, stop - 1)
+            if progress is not None:
+                progress(stop - start)
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        captions: list[str] = []
+        rows: list[tuple[int, int]] = []  # (token-frames, position in its group)
+        groups: dict[int, list[torch.Tensor]] = {}
+        contexts: list[int] = []
+        for b in range(start, stop, batch_size):
+            items = [dataset[i] for i in range(b, min(b + batch_size, stop))]
+            for group in collate_clips(items):
+                pixels = frames_to_pixels(group["video"]).to(device)
+                with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                    ids = tokenizer.encode(pixels).to(torch.int32).cpu()
+                frames = ids.shape[1]
+                bucket = groups.setdefault(frames, [])
+                for row, caption, ctx in zip(ids, group["caption"], group["context_frames"].tolist()):
+                    rows.append((frames, len(bucket)))
+                    bucket.append(row)
+                    captions.append(caption)
+                    contexts.append(context_token_frames(int(ctx), pt))
+            if progress is not None:
+                progress(len(items))
+        for frames, bucket in groups.items():
+            tensors[f"ids_t{frames}"] = torch.stack(bucket)
+        tensors["row_frames"] = torch.tensor([r[0] for r in rows], dtype=torch.int32)
+        tensors["row_index"] = torch.tensor([r[1] for r in rows], dtype=torch.int32)
+        tensors["context_token_frames"] = torch.tensor(contexts, dtype=torch.int32)
+        with atomic_file(out / name) as tmp:
+            save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
+    manifest = {
+        "chunks": chunks,
+        "items": total,
+        "codebook_size": tokenizer.codebook_size,
+        "token_grid": list(tokenizer.token_grid),
+        "tokenizer": to_dict(tokenizer.config),
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return out
+
+
+class TokenDataset(Dataset):
+    """Items `{"ids": long [T', H', W'], "caption": str, "prime_frames": int}` from a token cache."""
+
+    def __init__(self, path: str | Path, *, codebook_size: int | None = None) -> None:
+        self.path = Path(path)
+        manifest_file = self.path / MANIFEST
+        if not manifest_file.is_file():
+            raise FileNotFoundError(f"{self.path} is not a finished token cache (no {MANIFEST}); run tokenize first")
+        self.manifest = json.loads(manifest_file.read_text())
+        if codebook_size is not None and self.manifest["codebook_size"] != codebook_size:
+            raise ValueError(
+                f"token cache {self.path} was made with a codebook of {self.manifest['codebook_size']}, "
+                f"the model expects {codebook_size}"
+            )
+        parts: dict[int, list[torch.Tensor]] = {}
+        counts: dict[int, int] = {}
+        self.rows: list[tuple[int, int]] = []
+        self.captions: list[str] = []
+        contexts = []
+        for name in self.manifest["chunks"]:
+            with safe_open(str(self.path / name), "pt") as fh:
+                captions = json.loads(fh.metadata()["captions"])
+            tensors = load_file(str(self.path / name))
+            offsets = dict(counts)
+            for key, ids in tensors.items():
+                if key.startswith("ids_t"):
+                    frames = int(key[5:])
+                    parts.setdefault(frames, []).append(ids)
+                    counts[frames] = counts.get(frames, 0) + len(ids)
+            for frames, index in zip(tensors["row_frames"].tolist(), tensors["row_index"].tolist()):
+                self.rows.append((frames, offsets.get(frames, 0) + index))
+            self.captions.extend(captions)
+            contexts.append(tensors["context_token_frames"])
+        self.groups = {frames: torch.cat(chunks) for frames, chunks in parts.items()}
+        self.contexts = torch.cat(contexts) if contexts else torch.zeros(0, dtype=torch.int32)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        frames, row = self.rows[index]
+        return {
+            "ids": self.groups[frames][row].long(),
+            "caption": self.captions[index],
+            "prime_frames": int(self.contexts[index]),
+        }

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+import torch
+
+from phenaki.checkpoint import load_state_dict
+from phenaki.config import Config, TokenizerConfig, from_dict
+from phenaki.cvivit import CViViT
+from phenaki.data.shapes import ShapesDataset
+from phenaki.maskgit import MaskGit
+from phenaki.maskgit_trainer import train_maskgit
+from phenaki.text import TextEncoder
+from phenaki.token_cache import TokenDataset, context_token_frames, tokenize_dataset
+from phenaki.training import frames_to_pixels
+
+TOKENIZER = {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
+             "quantizer": "fsq", "fsq_levels": [5, 5, 5], "num_frames": 5}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tok") / "final"
+    CViViT(TokenizerConfig(**TOKENIZER)).save_pretrained(path)
+    return path
+
+
+def config(out, steps=4):
+    return from_dict(Config, {
+        "tokenizer": TOKENIZER,
+        "transformer": {"dim": 32, "depth": 1, "heads": 2, "dim_head": 16, "max_token_frames": 3},
+        "text": {"kind": "scratch", "dim": 16, "depth": 1, "heads": 2, "ff_dim": 32, "max_length": 12},
+        "data": {"kind": "shapes", "num_frames": 5, "num_samples": 24, "context_frames": 3,
+                 "image_prob": 0.2, "straddle_prob": 0.5},
+        "train_maskgit": {"output_dir": str(out), "steps": steps, "batch_size": 4, "warmup_steps": 1,
+                          "save_every": 2, "preview_every": 0, "log_every": 1, "ema_decay": 0.9,
+                          "mixed_precision": "bf16", "continuation_prob": 0.5},
+        "sampling": {"first_frames": 5, "scene_frames": 2, "context_frames": 3, "steps": 2},
+    })
+
+
+def test_context_token_frames():
+    assert [context_token_frames(c, 2) for c in (0, 1, 3, 4, 5)] == [0, 1, 2, 2, 3]
+
+
+def test_token_cache_holds_the_tokenizer_ids(tmp_path, tokenizer_dir):
+    tokenizer = CViViT.from_pretrained(tokenizer_dir)
+    dataset = ShapesDataset(num_samples=10, num_frames=5, image_prob=0.3, context_frames=3, seed=4)
+    tokenize_dataset(tokenizer, dataset, tmp_path / "tokens", chunk_size=4, batch_size=3)
+    cache = TokenDataset(tmp_path / "tokens", codebook_size=tokenizer.codebook_size)
+    assert len(cache) == 10
+    for i in range(10):
+        item, original = cache[i], dataset[i]
+        expected = tokenizer.encode(frames_to_pixels(original["video"][None]))[0]
+        assert torch.equal(item["ids"], expected)
+        assert item["caption"] == original["caption"]
+        assert item["prime_frames"] == context_token_frames(original["context_frames"], 2)
+    with pytest.raises(ValueError, match="codebook of 125"):
+        TokenDataset(tmp_path / "tokens", codebook_size=1000)
+
+
+def test_token_cache_resumes_without_redoing_chunks(tmp_path, tokenizer_dir, monkeypatch):
+    tokenizer = CViViT.from_pretrained(tokenizer_dir)
+    dataset = ShapesDataset(num_samples=8, num_frames=5, seed=1)
+    tokenize_dataset(tokenizer, dataset, tmp_path / "t", chunk_size=4)
+    first = (tmp_path / "t" / "chunk-00000.safetensors").stat().st_mtime_ns
+    (tmp_path / "t" / "chunk-00001.safetensors").unlink()  # as if the run died in chunk 1
+    (tmp_path / "t" / "manifest.json").unlink()
+    calls = []
+    original = CViViT.encode
+    monkeypatch.setattr(CViViT, "encode", lambda self, x: calls.append(len(x)) or original(self, x))
+    tokenize_dataset(tokenizer, dataset, tmp_path / "t", chunk_size=4)
+    assert sum(calls) == 4  # only the missing chunk was encoded
+    assert (tmp_path / "t" / "chunk-00000.safetensors").stat().st_mtime_ns == first
+    assert len(TokenDataset(tmp_path / "t")) == 8
+
+
+def test_training_resumes_exactly_and_exports_a_pipeline(tmp_path, tokenizer_dir):
+    straight = train_maskgit(config(tmp_path / "a"), tokenizer_dir, progress=False)
+    train_maskgit(config(tmp_path / "b"), tokenizer_dir, stop_at=2, progress=False)
+    train_maskgit(config(tmp_path / "b"), tokenizer_dir, resume="latest", progress=False)
+    a = load_state_dict(tmp_path / "a" / "checkpoints" / "step-0000004" / "maskgit.safetensors")
+    b = load_state_dict(tmp_path / "b" / "checkpoints" / "step-0000004" / "maskgit.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert any(k.startswith("text.") for k in a), "the scratch text encoder trains with the transformer"
+    # the exported directory is complete: tokenizer, transformer, text encoder, settings
+    names = sorted(p.name for p in straight.iterdir())
+    assert names == ["pipeline.json", "text_encoder", "tokenizer", "transformer"]
+    MaskGit.from_pretrained(straight / "transformer")
+    CViViT.from_pretrained(straight / "tokenizer")
+    text = TextEncoder.from_pretrained(straight / "text_encoder")
+    emb, mask = text.encode(["a red ball moves right"])
+    assert emb.shape[-1] == 16 and mask.any()
+    settings = json.loads((straight / "pipeline.json").read_text())
+    assert settings["text_encoder"] == "text_encoder" and settings["sampling"]["steps"] == 2
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "masked_acc", "mask_ratio", "text_dropped", "prime_frac"} <= set(records[0])
