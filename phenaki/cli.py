@@ -201,6 +201,66 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
         atomic_write_text(json_out, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
+@eval_main.command("shapes")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="Pipeline directory (pipeline.json + tokenizer/ + transformer/ + text_encoder/).")
+@click.option("--stories", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Random stories to generate and judge.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the story prompts; story i is generated with seed + i.")
+@click.option("--scenes", type=click.IntRange(min=1), default=3, show_default=True, help="Scenes per story.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Take held-out combinations and phrasings from this config's data section.")
+@click.option("--heldout-fraction", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Share of stories drawn from the held-out split (needs --config naming hold-outs).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write rates and every verdict here.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Override decoding steps per scene.")
+@click.option("--guidance", type=click.FloatRange(min=0.0), default=None, help="Override the guidance scale.")
+def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_path: Path | None,
+                heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
+                guidance: float | None) -> None:
+    """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
+    import json
+
+    from tqdm import tqdm
+
+    from .fileio import atomic_write_text
+    from .judge import evaluate_shapes, format_shapes_table
+
+    if not checkpoint.is_dir():
+        raise click.BadParameter(f"checkpoint directory not found: {checkpoint}", param_hint="--checkpoint")
+    holdout = None
+    if config_path is not None:
+        from .config import ConfigError, load_config
+        from .data.shapes import holdout_from_config
+
+        try:
+            holdout = holdout_from_config(load_config(config_path).data)
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--config") from None
+        if holdout is None:
+            click.echo(f"note: {config_path} names no held-out combinations or phrasings; "
+                       "every story comes from the train split", err=True)
+    from .checkpoint import CheckpointError
+    from .pipeline import Phenaki, PipelineError
+
+    try:
+        pipe = Phenaki.from_pretrained(checkpoint, device=device)
+    except (PipelineError, CheckpointError, FileNotFoundError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
+    with tqdm(total=stories, desc="stories", unit="story") as bar:
+        result = evaluate_shapes(pipe, stories, seed, num_scenes=scenes, holdout=holdout,
+                                 heldout_fraction=heldout_fraction, progress=bar.update,
+                                 generate_kwargs={"steps": steps, "guidance": guidance})
+    result["checkpoint"] = str(checkpoint)
+    click.echo(format_shapes_table(result))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
 def resolve_device(device: str) -> str:
     """'auto' -> cuda when present, else cpu."""
     if device == "auto":

@@ -210,7 +210,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     critic_weight: float = 1.0
     preview_prompts: list[str] = field(default_factory=list)
-    tokens_cache: str | None = None
+    tokens_cache: str | None = None  # token cache folder (default <output_dir>/tokens)
+    cache_items: int | None = None  # clips to tokenise (default data.num_samples)
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]

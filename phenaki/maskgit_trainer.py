@@ -187,9 +187,10 @@ def ensure_token_cache(config: Config, tokenizer_dir: Path, *, device: str = "cp
     tokenizer = CViViT.from_pretrained(tokenizer_dir)
     dataset = build_dataset(config.data, "train")
     autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
-    with tqdm(total=min(config.data.num_samples, len(dataset)), desc="tokenise", unit="clip") as bar:
-        tokenize_dataset(tokenizer, dataset, path, num_items=config.data.num_samples, device=device,
-                         autocast=autocast, progress=bar.update)
+    items = min(cfg.cache_items or config.data.num_samples, len(dataset))
+    with tqdm(total=items, desc="tokenise", unit="clip") as bar:
+        tokenize_dataset(tokenizer, dataset, path, num_items=items, device=device, autocast=autocast,
+                         progress=bar.update)
     return path
 
 

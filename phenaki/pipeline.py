@@ -1,0 +1,424 @@
+"""Phenaki: a story (a list of prompts) in, one video out.
+
+`Phenaki.from_pretrained(dir)` loads the three parts of a checkpoint directory:
+
+    dir/tokenizer/      CViViT (config.json + model.safetensors)
+    dir/transformer/    MaskGit (config.json + model.safetensors)
+    dir/text_encoder/   the text encoder (or pipeline.json names a pretrained one)
+    dir/pipeline.json   sampling defaults, fps, and how the model was trained
+
+The story loop: scene 1 is generated from its prompt alone; every later scene is
+generated from its own prompt with the last `context_frames` frames of the video so
+far re-encoded as a fixed prime, so the object, its place and its motion carry across
+the cut. A scene longer than one window is generated in several windows with the
+same prompt. Only the current window lives on the device, so memory stays flat as a
+story grows and time grows linearly with its length.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .config import SamplingConfig, from_dict, to_dict
+from .cvivit import CViViT
+from .fileio import atomic_write_dir, atomic_write_text
+from .maskgit import MaskGit
+from .sampling import sample
+from .story import StoryScene, parse_scene_line
+from .text import TextEncoder
+from .training import frames_to_pixels, pixels_to_frames
+from .video import Scene, Video, read_video, resize_and_crop, sidecar_path
+
+log = logging.getLogger(__name__)
+
+PIPELINE_FILE = "pipeline.json"
+DEMO_NAME = "phenaki-shapes"
+
+
+class PipelineError(ValueError):
+    """A generation request cannot be met (bad lengths, missing checkpoint); the message says why."""
+
+
+def demo_checkpoint() -> Path:
+    """The demo model shipped in the repository's `assets/` folder."""
+    return Path(__file__).resolve().parents[1] / "assets" / DEMO_NAME
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA when present, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """'auto' = bf16 where the hardware does it well (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in names:
+        raise PipelineError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return names[dtype]
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+@dataclass
+class SceneRequest:
+    """One scene to generate: its prompt and the settings that differ from the defaults."""
+
+    prompt: str
+    frames: int | None = None
+    guidance: float | None = None
+    temperature: float | None = None
+    steps: int | None = None
+
+    @classmethod
+    def from_story(cls, scene: StoryScene | str, fps: float) -> "SceneRequest":
+        if isinstance(scene, str):
+            scene = parse_scene_line(scene)
+        s = scene.settings
+        frames = s.get("frames")
+        if frames is None and "seconds" in s:
+            frames = max(1, round(s["seconds"] * fps))
+        return cls(scene.prompt, frames, s.get("guidance"), s.get("temperature"), s.get("steps"))
+
+
+@dataclass
+class GenerationSettings:
+    """Everything that decides the frames of a run (recorded in the output's sidecar)."""
+
+    seed: int
+    steps: int
+    guidance: float
+    temperature: float
+    first_frames: int
+    scene_frames: int
+    context_frames: int
+    fps: float
+    schedule: str
+    top_k: int | None = None
+    top_p: float | None = None
+    guidance_ramp: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Phenaki:
+    """Tokenizer + transformer + text encoder + sampling defaults: the text-to-video model."""
+
+    def __init__(self, tokenizer: CViViT, transformer: MaskGit, text_encoder: TextEncoder,
+                 sampling: SamplingConfig | None = None, *, fps: float | None = None,
+                 device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto",
+                 source: str | None = None, info: dict[str, Any] | None = None) -> None:
+        if transformer.codebook_size != tokenizer.codebook_size:
+            raise PipelineError(
+                f"transformer codebook {transformer.codebook_size} != tokenizer codebook {tokenizer.codebook_size}"
+            )
+        if tuple(transformer.token_grid) != tuple(tokenizer.token_grid):
+            raise PipelineError(f"transformer grid {transformer.token_grid} != tokenizer grid {tokenizer.token_grid}")
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.tokenizer = tokenizer.to(self.device).eval()
+        self.transformer = transformer.to(self.device).eval()
+        self.text_encoder = text_encoder.to(self.device).eval()
+        self.sampling = sampling or SamplingConfig()
+        self.fps = float(fps or self.sampling.fps)
+        self.source = source
+        self.info = info or {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, *, device: str | torch.device = "auto",
+                        dtype: str | torch.dtype | None = "auto") -> "Phenaki":
+        """Load a pipeline directory; with no argument, the demo model in `assets/` (offline)."""
+        root = Path(path) if path is not None else demo_checkpoint()
+        if not (root / PIPELINE_FILE).is_file():
+            hint = "" if path is not None else " (the demo model is not in this checkout)"
+            raise PipelineError(f"{root} is not a Phenaki checkpoint directory: no {PIPELINE_FILE}{hint}")
+        settings = json.loads((root / PIPELINE_FILE).read_text(encoding="utf-8"))
+        sampling = from_dict(SamplingConfig, settings.get("sampling", {}), "sampling")
+        text_ref = settings.get("text_encoder", "text_encoder")
+        text_dir = root / text_ref
+        text = TextEncoder.from_pretrained(text_dir if text_dir.is_dir() else text_ref, trainable=False)
+        return cls(
+            CViViT.from_pretrained(root / "tokenizer"),
+            MaskGit.from_pretrained(root / "transformer"),
+            text,
+            sampling,
+            fps=settings.get("fps"),
+            device=device,
+            dtype=dtype,
+            source=str(root),
+            info=settings,
+        )
+
+    def save_pretrained(self, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
+        """Write the same layout `from_pretrained` reads (weights optionally cast, e.g. bf16)."""
+
+        def write(tmp: Path) -> None:
+            self.tokenizer.save_pretrained(tmp / "tokenizer", dtype=dtype)
+            self.transformer.save_pretrained(tmp / "transformer", dtype=dtype)
+            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            settings = dict(self.info)
+            settings.update({"text_encoder": "text_encoder", "sampling": to_dict(self.sampling), "fps": self.fps})
+            atomic_write_text(tmp / PIPELINE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+        return atomic_write_dir(path, write)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def temporal_patch(self) -> int:
+        return self.tokenizer.config.temporal_patch_size
+
+    @property
+    def max_window_frames(self) -> int:
+        """Frames one transformer window covers (1 + pt * (max_token_frames - 1))."""
+        return self.tokenizer.num_frames(self.transformer.config.max_token_frames)
+
+    def _check_lengths(self, s: GenerationSettings) -> None:
+        pt = self.temporal_patch
+        if s.context_frames < 1 or (s.context_frames - 1) % pt:
+            raise PipelineError(
+                f"context_frames must be 1 + {pt}*k so the prime fills whole token-frames; got {s.context_frames}"
+            )
+        if s.context_frames + pt > self.max_window_frames:
+            raise PipelineError(
+                f"context_frames {s.context_frames} leaves no room for new frames in a window of "
+                f"{self.max_window_frames} frames"
+            )
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        prompts: Sequence[str | StoryScene] | str,
+        *,
+        seed: int = 0,
+        steps: int | None = None,
+        guidance: float | None = None,
+        temperature: float | None = None,
+        scene_frames: int | None = None,
+        scene_seconds: float | None = None,
+        first_frames: int | None = None,
+        context_frames: int | None = None,
+        prime: str | Path | Video | None = None,
+        num_samples: int = 1,
+        progress: bool | Callable[[int, int, int, int], object] = True,
+    ) -> Video | list[Video]:
+        """Generate one video for a story (or `num_samples` videos of it, batched).
+
+        `prompts` is a list of scene prompts (a string is a one-scene story); a line may
+        carry per-scene settings as in story files: `a red ball rises [frames=12]`.
+        Scene 1 has `first_frames` frames, later scenes `scene_frames` new frames each
+        (or `scene_seconds` * fps). A request of 1 frame for a single scene is
+        text-to-image. `prime` continues a user's video instead of starting afresh; its
+        frames open the output and its scene is labelled "<prime>".
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts:
+            raise PipelineError("no prompts: a story needs at least one scene")
+        if num_samples < 1:
+            raise PipelineError(f"num_samples must be >= 1, got {num_samples}")
+        s = self.sampling
+        if scene_frames is not None and scene_seconds is not None:
+            raise PipelineError("give scene_frames or scene_seconds, not both")
+        if scene_seconds is not None:
+            scene_frames = max(1, round(scene_seconds * self.fps))
+        settings = GenerationSettings(
+            seed=seed,
+            steps=steps or s.steps,
+            guidance=s.guidance if guidance is None else guidance,
+            temperature=s.temperature if temperature is None else temperature,
+            first_frames=first_frames or s.first_frames,
+            scene_frames=scene_frames or s.scene_frames,
+            context_frames=context_frames or s.context_frames,
+            fps=self.fps,
+            schedule=s.schedule,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            guidance_ramp=s.guidance_ramp,
+        )
+        self._check_lengths(settings)
+        requests = [SceneRequest.from_story(p, self.fps) for p in prompts]
+        started = time.perf_counter()
+        videos = self._run_story(requests, settings, prime, num_samples, progress)
+        seconds = time.perf_counter() - started
+        for video in videos:
+            video.metadata.update({
+                "prompts": [r.prompt for r in requests],
+                "settings": {k: v for k, v in vars(settings).items() if k != "extra"},
+                "checkpoint": self.source,
+                "device": str(self.device),
+                "dtype": str(self.dtype).replace("torch.", ""),
+                "seconds": round(seconds, 3),
+            })
+        return videos[0] if num_samples == 1 else videos
+
+    def _autocast(self):
+        enabled = self.dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=enabled)
+
+    def _prime_frames(self, prime: str | Path | Video, settings: GenerationSettings) -> torch.Tensor:
+        """The user's video at the model's size and fps, as uint8 [T, H, W, 3]."""
+        if isinstance(prime, Video):
+            frames = prime.frames
+        else:
+            frames, _ = read_video(prime, fps=self.fps)
+        frames = resize_and_crop(frames, self.tokenizer.config.image_size)
+        if frames.shape[0] < settings.context_frames:
+            raise PipelineError(
+                f"prime video has {frames.shape[0]} frames at {self.fps:g} fps; at least "
+                f"{settings.context_frames} (context_frames) are needed"
+            )
+        return frames
+
+    def _run_story(self, requests: list[SceneRequest], settings: GenerationSettings,
+                   prime: str | Path | Video | None, num_samples: int,
+                   progress: bool | Callable[[int, int, int, int], object]) -> list[Video]:
+        pt = self.temporal_patch
+        generator = torch.Generator(device=self.device).manual_seed(settings.seed)
+        history: torch.Tensor | None = None  # uint8 [N, T, H, W, 3] on the CPU
+        scenes: list[Scene] = []
+        if prime is not None:
+            history = self._prime_frames(prime, settings)[None].repeat(num_samples, 1, 1, 1, 1)
+            scenes.append(Scene("<prime>", 0, history.shape[1]))
+        plan = self._plan(requests, settings, has_prime=prime is not None)
+        total_steps = sum(len(windows) for _, windows in plan) * settings.steps
+        bar = _progress_bar(progress, total_steps, len(requests))
+        done = 0
+        for index, (request, windows) in enumerate(plan):
+            start = 0 if history is None else history.shape[1]
+            text_emb, text_mask = self.text_encoder.encode([request.prompt] * num_samples)
+            for new_frames in windows:
+                steps = request.steps or settings.steps
+                if history is None:
+                    token_frames = self.tokenizer.num_token_frames(new_frames)
+                    prime_ids = None
+                else:
+                    context = history[:, -settings.context_frames:]
+                    with torch.no_grad(), self._autocast():
+                        prime_ids = self.tokenizer.encode(frames_to_pixels(context).to(self.device))
+                    token_frames = prime_ids.shape[1] + new_frames // pt
+
+                def report(step: int, total: int, _i: int = index) -> None:
+                    bar(done + step, total_steps, _i + 1, len(requests))
+
+                with torch.no_grad(), self._autocast():
+                    ids = sample(
+                        self.transformer, text_emb, text_mask, num_token_frames=token_frames, prime=prime_ids,
+                        steps=steps,
+                        guidance=settings.guidance if request.guidance is None else request.guidance,
+                        guidance_ramp=settings.guidance_ramp,
+                        temperature=settings.temperature if request.temperature is None else request.temperature,
+                        schedule=settings.schedule, top_k=settings.top_k, top_p=settings.top_p,
+                        generator=generator, progress=report,
+                    )
+                    pixels = self.tokenizer.decode(ids)
+                done += steps
+                frames = pixels_to_frames(pixels)[:, -new_frames:]
+                history = frames if history is None else torch.cat([history, frames], dim=1)
+            scenes.append(Scene(request.prompt, start, history.shape[1]))  # type: ignore[union-attr]
+        bar(total_steps, total_steps, len(requests), len(requests), close=True)
+        assert history is not None
+        return [Video(history[i].contiguous(), self.fps, list(scenes), {}) for i in range(num_samples)]
+
+    def _plan(self, requests: list[SceneRequest], s: GenerationSettings, has_prime: bool) -> list[tuple[SceneRequest, list[int]]]:
+        """Split every scene into windows: how many new frames each window generates."""
+        pt = self.temporal_patch
+        window = self.max_window_frames
+        step_new = window - s.context_frames  # new frames a primed window can add
+        step_new -= step_new % pt
+        plan = []
+        for index, request in enumerate(requests):
+            first_scene = index == 0 and not has_prime
+            wanted = request.frames or (s.first_frames if first_scene else s.scene_frames)
+            windows: list[int] = []
+            if first_scene:
+                head = min(wanted, window)
+                if (head - 1) % pt:
+                    raise PipelineError(
+                        f"the first scene's frame count must be 1 + {pt}*k (e.g. {head - (head - 1) % pt} or "
+                        f"{head + pt - (head - 1) % pt}); got {wanted}"
+                    )
+                windows.append(head)
+                wanted -= head
+            if wanted % pt:
+                raise PipelineError(
+                    f"scene {index + 1} ('{request.prompt}'): new frames come in groups of {pt}; "
+                    f"got {request.frames or wanted} (use {wanted - wanted % pt or pt} or {wanted + pt - wanted % pt})"
+                )
+            while wanted > 0:
+                take = min(wanted, step_new)
+                windows.append(take)
+                wanted -= take
+            plan.append((request, windows))
+        return plan
+
+
+def _progress_bar(progress: bool | Callable[..., object], total: int, scenes: int) -> Callable[..., None]:
+    """A tqdm bar (progress=True), a user callback, or nothing."""
+    if callable(progress):
+        def call(done: int, total_: int, scene: int, scenes_: int, close: bool = False) -> None:
+            if not close:
+                progress(done, total_, scene, scenes_)  # type: ignore[operator]
+        return call
+    if not progress:
+        return lambda *a, **k: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="generate", unit="step", dynamic_ncols=True)
+
+    def update(done: int, total_: int, scene: int, scenes_: int, close: bool = False) -> None:
+        bar.set_description(f"scene {scene}/{scenes_}")
+        bar.update(done - bar.n)
+        if close:
+            bar.close()
+
+    return update
+
+
+def run_cli_sample(scenes: list[StoryScene], **options: Any) -> None:
+    """`phenaki-sample`: load, generate, save, and report (called by the CLI after validation)."""
+    import click
+
+    started = time.perf_counter()
+    pipe = Phenaki.from_pretrained(options["checkpoint"], device=options["device"], dtype=options["dtype"])
+    kwargs = {
+        "seed": options["seed"], "steps": options["steps"], "guidance": options["guidance"],
+        "temperature": options["temperature"], "scene_frames": options["scene_frames"],
+        "scene_seconds": options["scene_seconds"], "context_frames": options["context_frames"],
+        "first_frames": options["first_frames"],
+        "prime": options["prime"], "num_samples": options["num_samples"],
+    }
+    if options["fps"] is not None:
+        pipe.fps = float(options["fps"])
+    result = pipe.generate(scenes, **kwargs)
+    videos = result if isinstance(result, list) else [result]
+    out = Path(options["out"])
+    for i, video in enumerate(videos):
+        target = out if len(videos) == 1 else out.with_name(f"{out.stem}-{i}{out.suffix}")
+        video.metadata["command"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items()
+                                     if k not in ("verbose",)}
+        video.metadata["sample_index"] = i
+        video.save(target)
+        click.echo(f"wrote {target} ({video.num_frames} frames, {video.num_frames / video.fps:.2f} s at "
+                   f"{video.fps:g} fps) and {sidecar_path(target)}")
+    click.echo(f"{len(scenes)} scene(s) in {time.perf_counter() - started:.1f} s")

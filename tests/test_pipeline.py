@@ -1,0 +1,137 @@
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from phenaki.cli import sample_main
+from phenaki.config import SamplingConfig, TextConfig, TokenizerConfig, TransformerConfig
+from phenaki.cvivit import CViViT
+from phenaki.maskgit import MaskGit
+from phenaki.pipeline import Phenaki, PipelineError
+from phenaki.text import TextEncoder
+from phenaki.video import Video, read_video
+
+
+@pytest.fixture(scope="module")
+def pipeline_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    tok_cfg = TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
+                              quantizer="fsq", fsq_levels=[5, 5, 5])
+    text = TextEncoder.scratch(["a red ball moves right", "the blue box rises", "a green disc falls"],
+                               TextConfig(kind="scratch", dim=16, depth=1, heads=2, ff_dim=32, max_length=12))
+    transformer = MaskGit(TransformerConfig(dim=32, depth=1, heads=2, dim_head=16, max_token_frames=6,
+                                            codebook_size=125, token_grid=(8, 8), text_dim=16))
+    pipe = Phenaki(CViViT(tok_cfg), transformer, text, SamplingConfig(steps=2), device="cpu", dtype="float32")
+    path = tmp_path_factory.mktemp("pipe") / "model"
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pipe(pipeline_dir):
+    return Phenaki.from_pretrained(pipeline_dir, device="cpu", dtype="float32")
+
+
+STORY = ["a red ball moves right", "the blue box rises", "a green disc falls"]
+
+
+def test_story_has_every_frame_once_with_scene_ranges(pipe):
+    video = pipe.generate(STORY, seed=1, progress=False)
+    assert isinstance(video, Video)
+    assert tuple(video.frames.shape) == (11 + 6 + 6, 64, 64, 3)
+    assert [(s.prompt, s.start, s.end) for s in video.scenes] == [
+        (STORY[0], 0, 11), (STORY[1], 11, 17), (STORY[2], 17, 23)]
+    assert video.fps == 8.0
+    assert video.metadata["settings"]["seed"] == 1 and video.metadata["prompts"] == STORY
+
+
+def test_same_seed_same_video_other_seed_differs(pipe):
+    a = pipe.generate(STORY[:2], seed=5, progress=False)
+    b = pipe.generate(STORY[:2], seed=5, progress=False)
+    c = pipe.generate(STORY[:2], seed=6, progress=False)
+    assert torch.equal(a.frames, b.frames)
+    assert not torch.equal(a.frames, c.frames)
+
+
+def test_later_scenes_are_primed_with_the_tail_of_the_video(pipe, monkeypatch):
+    import phenaki.pipeline as pipeline_module
+
+    seen = []
+    original = pipeline_module.sample
+
+    def spy(model, text_emb, text_mask, *, num_token_frames, prime, **kwargs):
+        seen.append((num_token_frames, None if prime is None else prime.shape[1]))
+        return original(model, text_emb, text_mask, num_token_frames=num_token_frames, prime=prime, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    pipe.generate(STORY, seed=0, progress=False)
+    # scene 1: 6 token-frames from scratch; later: 5 context frames = 3 primed + 3 new token-frames
+    assert seen == [(6, None), (6, 3), (6, 3)]
+
+
+def test_per_scene_settings_and_long_scenes(pipe):
+    video = pipe.generate(["a red ball moves right [frames=1]"], seed=0, progress=False)
+    assert video.num_frames == 1  # text-to-image
+    video = pipe.generate(["a red ball moves right", "the blue box rises [frames=14 guidance=2]"],
+                          seed=0, progress=False)
+    assert video.num_frames == 11 + 14  # the long scene spans several windows
+    assert (video.scenes[1].start, video.scenes[1].end) == (11, 25)
+
+
+def test_twenty_scene_story(pipe):
+    story = [STORY[i % 3] for i in range(20)]
+    video = pipe.generate(story, seed=0, steps=1, progress=False)
+    assert video.num_frames == 11 + 19 * 6
+    assert [s.end - s.start for s in video.scenes] == [11] + [6] * 19
+
+
+def test_prime_video_is_continued(pipe, tmp_path):
+    prime = Video(torch.randint(0, 255, (7, 80, 96, 3), dtype=torch.uint8), fps=8.0)
+    video = pipe.generate(["the blue box rises"], prime=prime, seed=0, progress=False)
+    assert video.scenes[0].prompt == "<prime>" and video.scenes[0].end == 7
+    assert video.num_frames == 7 + 6
+    with pytest.raises(PipelineError, match="at least 5"):
+        pipe.generate(["x"], prime=Video(prime.frames[:3], fps=8.0), progress=False)
+
+
+def test_batched_samples(pipe):
+    videos = pipe.generate(STORY[:2], seed=0, num_samples=2, progress=False)
+    assert len(videos) == 2 and all(v.num_frames == 17 for v in videos)
+    assert not torch.equal(videos[0].frames, videos[1].frames)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"first_frames": 10}, "1 \\+ 2\\*k"),
+    ({"scene_frames": 5}, "groups of 2"),
+    ({"context_frames": 4}, "context_frames must be 1 \\+ 2\\*k"),
+    ({"scene_frames": 2, "scene_seconds": 1.0}, "not both"),
+])
+def test_bad_lengths_are_named(pipe, kwargs, message):
+    with pytest.raises(PipelineError, match=message):
+        pipe.generate(STORY[:2], progress=False, **kwargs)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(PipelineError, match="no pipeline.json"):
+        Phenaki.from_pretrained(tmp_path)
+
+
+def test_cli_same_command_same_frames(pipeline_dir, tmp_path):
+    story = tmp_path / "story.txt"
+    story.write_text("# two scenes\na red ball moves right\n\nthe blue box rises\n", encoding="utf-8")
+    runner = CliRunner()
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        result = runner.invoke(sample_main, ["--prompts", str(story), "--out", str(out), "--checkpoint",
+                                             str(pipeline_dir), "--seed", "7", "--steps", "2", "--dtype", "float32",
+                                             "--device", "cpu"])
+        assert result.exit_code == 0, result.output
+        assert "17 frames" in result.output
+        outs.append(read_video(out)[0])
+    assert torch.equal(outs[0], outs[1])
+    sidecar = json.loads((tmp_path / "a.json").read_text())
+    assert [s["prompt"] for s in sidecar["scenes"]] == ["a red ball moves right", "the blue box rises"]
+    assert sidecar["metadata"]["settings"]["seed"] == 7
+    assert sidecar["metadata"]["checkpoint"] == str(pipeline_dir)
