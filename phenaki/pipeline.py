@@ -208,7 +208,7 @@ class Phenaki:
     # ------------------------------------------------------------------ generation
     def generate(
         self,
-        prompts: Sequence[str | StoryScene] | str,
+        prompts: Sequence[str | StoryScene] | Sequence[Sequence[str | StoryScene]] | str,
         *,
         seed: int = 0,
         steps: int | None = None,
@@ -224,7 +224,9 @@ class Phenaki:
     ) -> Video | list[Video]:
         """Generate one video for a story (or `num_samples` videos of it, batched).
 
-        `prompts` is a list of scene prompts (a string is a one-scene story); a line may
+        `prompts` is a list of scene prompts (a string is a one-scene story), or a list
+        of such stories with the same number of scenes, generated together in one batch
+        (a list of videos comes back, `num_samples` per story); a line may
         carry per-scene settings as in story files: `a red ball rises [frames=12]`.
         Scene 1 has `first_frames` frames, later scenes `scene_frames` new frames each
         (or `scene_seconds` * fps). A request of 1 frame for a single scene is
@@ -235,6 +237,10 @@ class Phenaki:
             prompts = [prompts]
         if not prompts:
             raise PipelineError("no prompts: a story needs at least one scene")
+        several = not isinstance(prompts[0], (str, StoryScene))
+        stories = [list(p) for p in prompts] if several else [list(prompts)]  # type: ignore[arg-type]
+        if any(len(story) != len(stories[0]) for story in stories):
+            raise PipelineError("stories generated together must have the same number of scenes")
         if num_samples < 1:
             raise PipelineError(f"num_samples must be >= 1, got {num_samples}")
         s = self.sampling
@@ -257,20 +263,26 @@ class Phenaki:
             guidance_ramp=s.guidance_ramp,
         )
         self._check_lengths(settings)
-        requests = [SceneRequest.from_story(p, self.fps) for p in prompts]
+        requests = [[SceneRequest.from_story(p, self.fps) for p in story] for story in stories]
+        for story in requests[1:]:
+            for a, b in zip(requests[0], story):
+                if (a.frames, a.guidance, a.temperature, a.steps) != (b.frames, b.guidance, b.temperature, b.steps):
+                    raise PipelineError(
+                        f"stories generated together need the same per-scene settings: '{a.prompt}' vs '{b.prompt}'"
+                    )
         started = time.perf_counter()
         videos = self._run_story(requests, settings, prime, num_samples, progress)
         seconds = time.perf_counter() - started
-        for video in videos:
+        for index, video in enumerate(videos):
             video.metadata.update({
-                "prompts": [r.prompt for r in requests],
+                "prompts": [r.prompt for r in requests[index // num_samples]],
                 "settings": {k: v for k, v in vars(settings).items() if k != "extra"},
                 "checkpoint": self.source,
                 "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""),
                 "seconds": round(seconds, 3),
             })
-        return videos[0] if num_samples == 1 else videos
+        return videos[0] if len(videos) == 1 and not several else videos
 
     def _autocast(self):
         enabled = self.dtype != torch.float32
@@ -290,23 +302,27 @@ class Phenaki:
             )
         return frames
 
-    def _run_story(self, requests: list[SceneRequest], settings: GenerationSettings,
+    def _run_story(self, stories: list[list[SceneRequest]], settings: GenerationSettings,
                    prime: str | Path | Video | None, num_samples: int,
                    progress: bool | Callable[[int, int, int, int], object]) -> list[Video]:
         pt = self.temporal_patch
         generator = torch.Generator(device=self.device).manual_seed(settings.seed)
-        history: torch.Tensor | None = None  # uint8 [N, T, H, W, 3] on the CPU
-        scenes: list[Scene] = []
+        rows = len(stories) * num_samples  # story i owns rows i*num_samples ... (i+1)*num_samples - 1
+        history: torch.Tensor | None = None  # uint8 [rows, T, H, W, 3] on the CPU
+        ranges: list[tuple[int, int]] = []
         if prime is not None:
-            history = self._prime_frames(prime, settings)[None].repeat(num_samples, 1, 1, 1, 1)
-            scenes.append(Scene("<prime>", 0, history.shape[1]))
+            history = self._prime_frames(prime, settings)[None].repeat(rows, 1, 1, 1, 1)
+            ranges.append((0, history.shape[1]))
+        requests = stories[0]
         plan = self._plan(requests, settings, has_prime=prime is not None)
         total_steps = sum(len(windows) for _, windows in plan) * settings.steps
         bar = _progress_bar(progress, total_steps, len(requests))
         done = 0
         for index, (request, windows) in enumerate(plan):
             start = 0 if history is None else history.shape[1]
-            text_emb, text_mask = self.text_encoder.encode([request.prompt] * num_samples)
+            text_emb, text_mask = self.text_encoder.encode(
+                [story[index].prompt for story in stories for _ in range(num_samples)]
+            )
             for new_frames in windows:
                 steps = request.steps or settings.steps
                 if history is None:
@@ -335,10 +351,16 @@ class Phenaki:
                 done += steps
                 frames = pixels_to_frames(pixels)[:, -new_frames:]
                 history = frames if history is None else torch.cat([history, frames], dim=1)
-            scenes.append(Scene(request.prompt, start, history.shape[1]))  # type: ignore[union-attr]
+            ranges.append((start, history.shape[1]))  # type: ignore[union-attr]
         bar(total_steps, total_steps, len(requests), len(requests), close=True)
         assert history is not None
-        return [Video(history[i].contiguous(), self.fps, list(scenes), {}) for i in range(num_samples)]
+        videos = []
+        for row in range(rows):
+            story = stories[row // num_samples]
+            names = (["<prime>"] if prime is not None else []) + [r.prompt for r in story]
+            scenes = [Scene(name, a, b) for name, (a, b) in zip(names, ranges)]
+            videos.append(Video(history[row].contiguous(), self.fps, scenes, {}))
+        return videos
 
     def _plan(self, requests: list[SceneRequest], s: GenerationSettings, has_prime: bool) -> list[tuple[SceneRequest, list[int]]]:
         """Split every scene into windows: how many new frames each window generates."""

@@ -101,6 +101,16 @@ def test_batched_samples(pipe):
     assert not torch.equal(videos[0].frames, videos[1].frames)
 
 
+def test_several_stories_in_one_batch(pipe):
+    other = ["a green disc falls", "a red ball moves right"]
+    videos = pipe.generate([STORY[:2], other], seed=0, num_samples=2, progress=False)
+    assert len(videos) == 4
+    assert [v.scenes[0].prompt for v in videos] == [STORY[0], STORY[0], other[0], other[0]]
+    assert all(v.num_frames == 17 for v in videos)
+    with pytest.raises(PipelineError, match="same number of scenes"):
+        pipe.generate([STORY[:2], STORY[:1]], progress=False)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"first_frames": 10}, "1 \\+ 2\\*k"),
     ({"scene_frames": 5}, "groups of 2"),
