@@ -96,6 +96,19 @@ def sample_main(**kwargs) -> None:
     run_cli_sample(scenes, **kwargs)
 
 
+def _holdout(config_path: Path | None):
+    """The Shapes hold-outs named by a config's data section (None without a config)."""
+    if config_path is None:
+        return None
+    from .config import ConfigError, load_config
+    from .data.shapes import holdout_from_config
+
+    try:
+        return holdout_from_config(load_config(config_path).data)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config") from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--verbose", "-v", is_flag=True)
 def data_main(verbose: bool) -> None:
@@ -120,15 +133,7 @@ def data_shapes(out: Path, num: int, num_frames: int, seed: int, fmt: str, split
 
     from .data.export import export_shapes
 
-    holdout = None
-    if config_path is not None:
-        from .config import ConfigError, load_config
-        from .data.shapes import holdout_from_config
-
-        try:
-            holdout = holdout_from_config(load_config(config_path).data)
-        except ConfigError as exc:
-            raise click.BadParameter(str(exc), param_hint="--config") from None
+    holdout = _holdout(config_path)
     with tqdm(total=num, desc="shapes", unit="clip") as bar:
         root = export_shapes(out, num, num_frames=num_frames, seed=seed, fmt=fmt, split=split,
                              straddle_prob=straddle_prob, holdout=holdout, progress=bar.update)
@@ -175,14 +180,10 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
         raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
     tok = model.config
     if data == "shapes":
-        from .data.shapes import ShapesDataset, holdout_from_config
+        from .data.shapes import ShapesDataset
 
-        holdout, split = None, "all"
-        if config_path is not None:
-            from .config import load_config
-
-            holdout = holdout_from_config(load_config(config_path).data)
-            split = "heldout" if holdout is not None else "all"
+        holdout = _holdout(config_path)
+        split = "heldout" if holdout is not None else "all"
         dataset = ShapesDataset(num_samples=clips, num_frames=tok.num_frames, seed=seed, holdout=holdout,
                                 split=split)
     else:
@@ -192,6 +193,8 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
             dataset = VideoTextDataset(data, num_frames=tok.num_frames, fps=fps, size=tok.image_size, seed=seed)
         except DatasetError as exc:
             raise click.BadParameter(str(exc), param_hint="--data") from None
+    from .torch_utils import resolve_device
+
     device = resolve_device(device)
     with tqdm(total=min(clips, len(dataset)), desc="evaluate", unit="clip") as bar:
         report = evaluate_tokenizer(model, dataset, num_clips=clips, batch_size=batch_size, device=device,
@@ -231,18 +234,10 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
 
     if not checkpoint.is_dir():
         raise click.BadParameter(f"checkpoint directory not found: {checkpoint}", param_hint="--checkpoint")
-    holdout = None
-    if config_path is not None:
-        from .config import ConfigError, load_config
-        from .data.shapes import holdout_from_config
-
-        try:
-            holdout = holdout_from_config(load_config(config_path).data)
-        except ConfigError as exc:
-            raise click.BadParameter(str(exc), param_hint="--config") from None
-        if holdout is None:
-            click.echo(f"note: {config_path} names no held-out combinations or phrasings; "
-                       "every story comes from the train split", err=True)
+    holdout = _holdout(config_path)
+    if config_path is not None and holdout is None:
+        click.echo(f"note: {config_path} names no held-out combinations or phrasings; "
+                   "every story comes from the train split", err=True)
     from .checkpoint import CheckpointError
     from .pipeline import Phenaki, PipelineError
 
@@ -259,15 +254,6 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> cuda when present, else cpu."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def main() -> None:  # pragma: no cover - `python -m phenaki.cli`

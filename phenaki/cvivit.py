@@ -20,10 +20,8 @@ depend on the precision of the surrounding network.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -32,6 +30,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .checkpoint import PretrainedMixin
+from .torch_utils import eval_mode
 from .config import ConfigError, TokenizerConfig
 from .metrics import code_histogram, perplexity_from_counts, usage_from_counts
 
@@ -77,18 +76,6 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate query/key features by position (RoPE); `cos`/`sin` are [seq, dim_head]."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + _rotate_half(x) * sin
-
-
-@contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Temporarily put every submodule in eval mode, restoring each one's own flag."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _nearest_valid(num_frames: int, pt: int) -> list[int]:
@@ -460,7 +447,7 @@ class CViViT(nn.Module, PretrainedMixin):
                 "the k-means-initialised codebook has not seen training data yet; run a training "
                 "forward first (encode never initialises or updates the codebook)"
             )
-        with _eval_mode(self):
+        with eval_mode(self):
             _, ids, _ = self._quantize(self.encoder(self._embed(pixels)))
         return ids
 
@@ -469,7 +456,7 @@ class CViViT(nn.Module, PretrainedMixin):
         """ids [B, T', H', W'] -> pixels [B, C, 1 + pt*(T'-1), H, W] clamped to [0, 1]."""
         self._check_ids(ids)
         t, h = ids.shape[1], ids.shape[2]
-        with _eval_mode(self):
+        with eval_mode(self):
             flat = self.quantizer.latents_from_ids(rearrange(ids.long(), "b t h w -> b (t h w)"))
             latents = rearrange(flat, "b (t h w) d -> b t h w d", t=t, h=h)
             recon = self._decode_latents(latents.to(self.first_head.weight.dtype))

@@ -33,6 +33,7 @@ from .maskgit import MaskGit
 from .sampling import sample
 from .story import StoryScene, parse_scene_line
 from .text import TextEncoder
+from .torch_utils import resolve_device, resolve_dtype
 from .training import frames_to_pixels, pixels_to_frames
 from .video import Scene, Video, read_video, resize_and_crop, sidecar_path
 
@@ -49,36 +50,6 @@ class PipelineError(ValueError):
 def demo_checkpoint() -> Path:
     """The demo model shipped in the repository's `assets/` folder."""
     return Path(__file__).resolve().parents[1] / "assets" / DEMO_NAME
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """'auto' picks CUDA when present, else the CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """'auto' = bf16 where the hardware does it well (CUDA with bf16, CPUs with AVX512-BF16/AMX)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
-    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in names:
-        raise PipelineError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return names[dtype]
-
-
-def _cpu_has_fast_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 @dataclass

@@ -25,17 +25,17 @@ restored afterwards.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .maskgit import MaskGit, TextContext
 from .masking import Schedule, mask_schedule, uniform
+from .torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +93,6 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
     return logits
-
-
-@contextlib.contextmanager
-def _eval(module: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) for the call, then every submodule's own mode back."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _check_prime(model: MaskGit, prime: Tensor | None, batch: int, frames: int) -> int:
@@ -217,7 +205,7 @@ def sample(
     # plain conditional (all scales 1) or plain unconditional (all 0) need only B rows
     guided = model.conditional and text_emb is not None and not (set(scales) <= {1.0} or set(scales) <= {0.0})
     counts = masked_counts(num_free, steps, schedule)
-    with _eval(model):
+    with eval_mode(model):
         context = _contexts(model, text_emb, text_mask, batch, guided, float(guidance))
         critic_ctx = _cond_rows(context, batch) if use_critic else None
         if critic_ctx is not None:
