@@ -52,6 +52,11 @@ def demo_checkpoint() -> Path:
     return Path(__file__).resolve().parents[1] / "assets" / DEMO_NAME
 
 
+def seconds_to_frames(seconds: float, fps: float, temporal_patch: int) -> int:
+    """A duration as new frames: the nearest whole number of tubelets (at least one)."""
+    return max(1, round(seconds * fps / temporal_patch)) * temporal_patch
+
+
 @dataclass
 class SceneRequest:
     """One scene to generate: its prompt and the settings that differ from the defaults."""
@@ -63,13 +68,13 @@ class SceneRequest:
     steps: int | None = None
 
     @classmethod
-    def from_story(cls, scene: StoryScene | str, fps: float) -> "SceneRequest":
+    def from_story(cls, scene: StoryScene | str, fps: float, temporal_patch: int) -> "SceneRequest":
         if isinstance(scene, str):
             scene = parse_scene_line(scene)
         s = scene.settings
         frames = s.get("frames")
         if frames is None and "seconds" in s:
-            frames = max(1, round(s["seconds"] * fps))
+            frames = seconds_to_frames(s["seconds"], fps, temporal_patch)
         return cls(scene.prompt, frames, s.get("guidance"), s.get("temperature"), s.get("steps"))
 
 
@@ -218,7 +223,7 @@ class Phenaki:
         if scene_frames is not None and scene_seconds is not None:
             raise PipelineError("give scene_frames or scene_seconds, not both")
         if scene_seconds is not None:
-            scene_frames = max(1, round(scene_seconds * self.fps))
+            scene_frames = seconds_to_frames(scene_seconds, self.fps, self.temporal_patch)
         settings = GenerationSettings(
             seed=seed,
             steps=steps or s.steps,
@@ -234,7 +239,7 @@ class Phenaki:
             guidance_ramp=s.guidance_ramp,
         )
         self._check_lengths(settings)
-        requests = [[SceneRequest.from_story(p, self.fps) for p in story] for story in stories]
+        requests = [[SceneRequest.from_story(p, self.fps, self.temporal_patch) for p in story] for story in stories]
         for story in requests[1:]:
             for a, b in zip(requests[0], story):
                 if (a.frames, a.guidance, a.temperature, a.steps) != (b.frames, b.guidance, b.temperature, b.steps):

@@ -79,6 +79,14 @@ def test_per_scene_settings_and_long_scenes(pipe):
     assert (video.scenes[1].start, video.scenes[1].end) == (11, 25)
 
 
+def test_durations_in_seconds_round_to_whole_tubelets(pipe):
+    video = pipe.generate(["a red ball moves right", "the blue box rises [seconds=0.6]"], seed=0,
+                          progress=False)
+    assert video.scenes[1].end - video.scenes[1].start == 4  # 0.6 s at 8 fps = 4.8 -> 2 tubelets of 2
+    video = pipe.generate(STORY[:2], scene_seconds=1.0, seed=0, progress=False)
+    assert video.scenes[1].end - video.scenes[1].start == 8
+
+
 def test_twenty_scene_story(pipe):
     story = [STORY[i % 3] for i in range(20)]
     video = pipe.generate(story, seed=0, steps=1, progress=False)
