@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from .config import to_dict
 from .cvivit import CViViT
 from .fileio import atomic_file, atomic_write_text
-from .training import collate_clips, frames_to_pixels
+from .training import frames_to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +81,22 @@ def tokenize_dataset(
         contexts: list[int] = []
         for b in range(start, stop, batch_size):
             items = [dataset[i] for i in range(b, min(b + batch_size, stop))]
-            for group in collate_clips(items):
-                pixels = frames_to_pixels(group["video"]).to(device)
+            encoded: list[torch.Tensor] = [torch.empty(0)] * len(items)
+            by_length: dict[int, list[int]] = {}
+            for k, item in enumerate(items):  # images and clips are encoded apart, order kept
+                by_length.setdefault(int(item["video"].shape[0]), []).append(k)
+            for positions in by_length.values():
+                pixels = frames_to_pixels(torch.stack([items[k]["video"] for k in positions])).to(device)
                 with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
                     ids = tokenizer.encode(pixels).to(torch.int32).cpu()
-                frames = ids.shape[1]
-                bucket = groups.setdefault(frames, [])
-                for row, caption, ctx in zip(ids, group["caption"], group["context_frames"].tolist()):
-                    rows.append((frames, len(bucket)))
-                    bucket.append(row)
-                    captions.append(caption)
-                    contexts.append(context_token_frames(int(ctx), pt))
+                for k, row in zip(positions, ids):
+                    encoded[k] = row
+            for item, row in zip(items, encoded):
+                bucket = groups.setdefault(row.shape[0], [])
+                rows.append((row.shape[0], len(bucket)))
+                bucket.append(row)
+                captions.append(item["caption"])
+                contexts.append(context_token_frames(int(item["context_frames"]), pt))
             if progress is not None:
                 progress(len(items))
         for frames, bucket in groups.items():

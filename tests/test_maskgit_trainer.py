@@ -61,7 +61,7 @@ def test_token_cache_holds_the_tokenizer_ids(tmp_path, tokenizer_dir):
 
 def test_token_cache_resumes_without_redoing_chunks(tmp_path, tokenizer_dir, monkeypatch):
     tokenizer = CViViT.from_pretrained(tokenizer_dir)
-    dataset = ShapesDataset(num_samples=8, num_frames=5, seed=1)
+    dataset = ShapesDataset(num_samples=8, num_frames=5, context_frames=3, seed=1)
     tokenize_dataset(tokenizer, dataset, tmp_path / "t", chunk_size=4)
     first = (tmp_path / "t" / "chunk-00000.safetensors").stat().st_mtime_ns
     (tmp_path / "t" / "chunk-00001.safetensors").unlink()  # as if the run died in chunk 1
