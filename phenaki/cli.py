@@ -7,7 +7,6 @@ non-zero exits on bad input. The work itself lives in the library modules.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
@@ -84,16 +83,15 @@ def sample_main(**kwargs) -> None:
     if kwargs["checkpoint"] is not None and not kwargs["checkpoint"].is_dir():
         raise click.BadParameter(f"checkpoint directory not found: {kwargs['checkpoint']}",
                                  param_hint="--checkpoint")
+    from .checkpoint import CheckpointError
+    from .pipeline import PipelineError, run_cli_sample
+    from .text import TextEncoderError
+    from .video import VideoError
+
     try:
-        from .pipeline import run_cli_sample
-    except ImportError:
-        click.echo(
-            f"Story parsed: {len(scenes)} scene(s). The story generator is not part of this "
-            "build yet, so no video was written.",
-            err=True,
-        )
-        sys.exit(3)
-    run_cli_sample(scenes, **kwargs)
+        run_cli_sample(scenes, **kwargs)
+    except (PipelineError, CheckpointError, TextEncoderError, VideoError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _holdout(config_path: Path | None):

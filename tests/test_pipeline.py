@@ -153,3 +153,12 @@ def test_cli_same_command_same_frames(pipeline_dir, tmp_path):
     assert [s["prompt"] for s in sidecar["scenes"]] == ["a red ball moves right", "the blue box rises"]
     assert sidecar["metadata"]["settings"]["seed"] == 7
     assert sidecar["metadata"]["checkpoint"] == str(pipeline_dir)
+
+
+def test_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(sample_main, ["--prompt", "a red ball moves right", "--checkpoint",
+                                              str(tmp_path / "empty"), "--out", str(tmp_path / "x.mp4")])
+    assert result.exit_code == 1
+    assert "no pipeline.json" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.mp4").exists()
