@@ -15,6 +15,7 @@ a loss and a preview. Everything that makes a run trustworthy lives here once:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
 import logging
@@ -163,7 +164,7 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
     return path
 
 
-class Trainer:
+class Trainer(abc.ABC):
     """A training loop with everything but the loss: subclasses implement `training_step`.
 
     Subclasses set `self.model` (the module whose EMA is kept and exported), may add
@@ -312,8 +313,9 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
         log.info("step %d %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
+    @abc.abstractmethod
     def training_step(self, batch: list[dict[str, Any]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError  # abstract: each trainer defines its loss
+        """The loss of one micro-batch (and metrics to log)."""
 
     def after_optimizer_step(self) -> None:
         """Hook for extra per-step updates (e.g. a discriminator)."""
@@ -321,9 +323,9 @@ class Trainer:
     def preview(self) -> None:
         """Write previews for the current step (main process only)."""
 
+    @abc.abstractmethod
     def export(self, path: Path) -> Path:
         """Write the final model (EMA weights) as a `from_pretrained` directory."""
-        raise NotImplementedError  # abstract: each trainer knows its model class
 
     def fit(self, dataset: Dataset, resume: str | None = None, stop_at: int | None = None) -> Path:
         """Train to `train.steps`, checkpointing, previewing and logging on the way.
