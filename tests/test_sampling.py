@@ -16,13 +16,7 @@ from phenaki.sampling import filter_logits, guidance_scales, masked_counts, samp
 TEXT_DIM = 32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and OpenMP threads on a busy 2-core box stall badly."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(seed: int = 0, **overrides) -> MaskGit:
