@@ -1,0 +1,250 @@
+"""One benchmark case per function; each runs in its own process (see run.py) and returns a dict.
+
+Both implementations get random weights at the same sizes and random text
+embeddings of the same shape (no T5 weights exist here): ours through `text_emb`,
+the peer's through its `text_embeds` argument or a replaced `encode_texts`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from .common import TEXT_LEN, best_of, load, peak_memory_mb
+
+SAMPLE_STEPS = 12
+GUIDANCE = 3.0
+
+
+def _sync(device: str):
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+def _autocast(device: str, dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _text(cfg: Any, batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    emb = torch.randn(batch, TEXT_LEN, cfg.transformer.text_dim, device=device)
+    return emb, torch.ones(batch, TEXT_LEN, dtype=torch.bool, device=device)
+
+
+def _ids(cfg: Any, batch: int, device: str) -> torch.Tensor:
+    t = cfg.tokenizer.token_frames(cfg.tokenizer.num_frames)
+    h, w = cfg.transformer.token_grid
+    return torch.randint(0, cfg.transformer.codebook_size, (batch, t, h, w), device=device)
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def _ours(cfg: Any, device: str):
+    from phenaki.cvivit import CViViT
+    from phenaki.maskgit import MaskGit
+
+    torch.manual_seed(0)
+    return CViViT(cfg.tokenizer).to(device).eval(), MaskGit(cfg.transformer).to(device)
+
+
+def _peer(cfg: Any, device: str, peer: str):
+    from .common import import_peer
+
+    import_peer(peer)
+    from phenaki_pytorch.cvivit import CViViT as PeerCViViT
+    from phenaki_pytorch.phenaki_pytorch import MaskGit as PeerMaskGit
+    from phenaki_pytorch.phenaki_pytorch import Phenaki as PeerPhenaki
+
+    tok, tr = cfg.tokenizer, cfg.transformer
+    torch.manual_seed(0)
+    cvivit = PeerCViViT(
+        dim=tok.dim, codebook_size=tok.codebook_size, image_size=tok.image_size, patch_size=tok.patch_size,
+        temporal_patch_size=tok.temporal_patch_size, spatial_depth=tok.spatial_depth,
+        temporal_depth=tok.temporal_depth, dim_head=tok.dim_head, heads=tok.heads, use_vgg_and_gan=False,
+        lookup_free_quantization=False,
+    )
+    t = tok.token_frames(tok.num_frames)
+    h, w = tr.token_grid
+    maskgit = PeerMaskGit(dim=tr.dim, num_tokens=tr.codebook_size, max_seq_len=t * h * w, depth=tr.depth,
+                          heads=tr.heads, dim_head=tr.dim_head, dim_context=tr.text_dim)
+    model = PeerPhenaki(maskgit=maskgit, cvivit=cvivit, steps=SAMPLE_STEPS, text_embed_dim=tr.text_dim,
+                        cond_drop_prob=0.1, sample_temperature=1.0).to(device)
+
+    def encode_texts(texts, output_device=None):
+        return torch.randn(len(texts), TEXT_LEN, tr.text_dim, device=output_device or device) + 0.1
+
+    model.encode_texts = encode_texts  # random embeddings in place of T5
+    return model
+
+
+# ----------------------------------------------------------------------------- cases
+
+
+def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
+               peer: str | None = None, depth: int | None = None) -> dict[str, Any]:
+    """Samples/s of one MaskGIT training step (forward, backward, AdamW) on cached token ids."""
+    cfg = load(config, depth)
+    ids = _ids(cfg, batch, device)
+    emb, mask = _text(cfg, batch, device)
+    if impl == "ours":
+        from phenaki.masking import maskgit_loss
+
+        _, model = _ours(cfg, device)
+        params = list(model.parameters())
+
+        def loss() -> torch.Tensor:
+            return maskgit_loss(model, ids, emb, mask, cond_drop_prob=0.1)[0]
+    else:
+        phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
+        model = phenaki.maskgit
+        params = list(model.parameters())
+
+        def loss() -> torch.Tensor:
+            return phenaki(video_codebook_ids=ids, text_embeds=emb)
+
+    model.train()
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        with _autocast(device, dtype):
+            value = loss()
+        value.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = best_of(step, repeat, _sync(device))
+    return {"samples_per_s": batch / seconds, "step_s": seconds, "peak_mb": peak_memory_mb(device),
+            "params_m": sum(p.numel() for p in params) / 1e6}
+
+
+def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
+             peer: str | None = None, depth: int | None = None) -> dict[str, Any]:
+    """Seconds per clip (12 steps, guidance 3, then decode to pixels) and tokens/s."""
+    cfg = load(config, depth)
+    frames = cfg.tokenizer.num_frames
+    t = cfg.tokenizer.token_frames(frames)
+    h, w = cfg.transformer.token_grid
+    result: dict[str, Any] = {}
+    if impl == "ours":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from phenaki.sampling import sample
+
+        tokenizer, model = _ours(cfg, device)
+        model.eval()
+        emb, mask = _text(cfg, batch, device)
+
+        @torch.no_grad()
+        def run() -> None:
+            with _autocast(device, dtype):
+                ids = sample(model, emb, mask, num_token_frames=t, steps=SAMPLE_STEPS, guidance=GUIDANCE,
+                             generator=torch.Generator(device=device).manual_seed(0))
+                tokenizer.decode(ids)
+
+        # the transformer alone: one guided forward (batch 2B) and its FLOPs
+        ids = torch.full((2 * batch, t, h, w), model.mask_id, device=device)
+        context = model.prepare_context(torch.cat([emb, emb]), torch.cat([mask, mask]))
+
+        @torch.no_grad()
+        def forward() -> None:
+            with _autocast(device, dtype):
+                model(ids, context=context)
+
+        with FlopCounterMode(display=False) as counter:
+            forward()
+        flops = counter.get_total_flops()
+        forward_s = best_of(forward, repeat, _sync(device))
+        result.update({"forward_tflops": flops / forward_s / 1e12, "forward_gflop": flops / 1e9})
+    else:
+        phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
+
+        @torch.no_grad()
+        def run() -> None:
+            with _autocast(device, dtype):
+                phenaki.sample(num_frames=frames, texts=["x"] * batch, cond_scale=GUIDANCE)
+
+    seconds = best_of(run, repeat, _sync(device))
+    result.update({"clip_s": seconds / batch, "call_s": seconds, "tokens_per_s": batch * t * h * w / seconds,
+                   "peak_mb": peak_memory_mb(device)})
+    return result
+
+
+def story(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
+          peer: str | None = None, depth: int | None = None) -> dict[str, Any]:
+    """A 3-scene story end to end (11 + 6 + 6 frames, 5 context frames), random weights."""
+    cfg = load(config, depth)
+    prompts = ["a red ball moves right", "the blue ball rises", "a green ball falls"]
+    first, scene, context = cfg.sampling.first_frames, cfg.sampling.scene_frames, cfg.sampling.context_frames
+    if impl == "ours":
+        from phenaki.pipeline import Phenaki
+        from phenaki.text import TextEncoder
+
+        tokenizer, model = _ours(cfg, device)
+        text_cfg = cfg.text
+        text_cfg.kind, text_cfg.dim, text_cfg.depth, text_cfg.heads, text_cfg.ff_dim = "scratch", 256, 2, 4, 512
+        text = TextEncoder.from_config(text_cfg, prompts)
+        if text.dim != cfg.transformer.text_dim:  # paper width: project the scratch text up
+            cfg.transformer.text_dim = text.dim
+            from phenaki.maskgit import MaskGit
+
+            torch.manual_seed(0)
+            model = MaskGit(cfg.transformer)
+        pipe = Phenaki(tokenizer, model, text, cfg.sampling, device=device, dtype=dtype)
+
+        def run() -> None:
+            pipe.generate(prompts, seed=0, progress=False, num_samples=batch)
+    else:
+        phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
+
+        @torch.no_grad()
+        def run() -> None:
+            with _autocast(device, dtype):
+                video = phenaki.sample(num_frames=first, texts=[prompts[0]] * batch, cond_scale=GUIDANCE)
+                for prompt in prompts[1:]:
+                    video = torch.cat([video, phenaki.sample(
+                        num_frames=scene, texts=[prompt] * batch, prime_frames=video[:, :, -context:],
+                        cond_scale=GUIDANCE)], dim=2)
+
+    seconds = best_of(run, repeat, _sync(device))
+    return {"story_s": seconds / batch, "call_s": seconds, "frames": first + 2 * scene,
+            "peak_mb": peak_memory_mb(device)}
+
+
+def matmul_peak(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
+                peer: str | None = None, depth: int | None = None) -> dict[str, Any]:
+    """The machine's matrix-multiply rate on 1024^3 products (the yardstick for FLOP/s)."""
+    n = 1024
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=torch_dtype)
+    b = torch.randn(n, n, device=device, dtype=torch_dtype)
+    calls = 20 if device == "cpu" else 200
+
+    def run() -> None:
+        for _ in range(calls):
+            torch.mm(a, b)
+
+    seconds = best_of(run, repeat, _sync(device))
+    return {"tflops": 2 * n**3 * calls / seconds / 1e12}
+
+
+def tokenizer(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
+              peer: str | None = None, depth: int | None = None) -> dict[str, Any]:
+    """Tokenizer encode / decode frames per second."""
+    from .bench_tokenizer import build
+
+    cfg = load(config)
+    tok, encode, decode, model = build(impl, config, peer)
+    model.to(device)
+    pixels = torch.rand(batch, 3, tok.num_frames, *tok.image_size, device=device)
+    with torch.no_grad(), _autocast(device, dtype):
+        ids = encode(pixels)
+        enc = best_of(lambda: encode(pixels), repeat, _sync(device))
+        dec = best_of(lambda: decode(ids), repeat, _sync(device))
+    frames = batch * cfg.tokenizer.num_frames
+    return {"encode_fps": frames / enc, "decode_fps": frames / dec, "peak_mb": peak_memory_mb(device)}
+
+
+CASES = {"tokenizer": tokenizer, "train": train_step, "sample": sampling, "story": story, "matmul": matmul_peak}
