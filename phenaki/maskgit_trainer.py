@@ -29,7 +29,7 @@ from .fileio import atomic_write_dir, atomic_write_text
 from .maskgit import MaskGit
 from .masking import continuation_prime, maskgit_loss
 from .text import TextEncoder
-from .training import EMA, Trainer
+from .training import EMA, Trainer, group_shares
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,9 @@ class MaskGitTrainer(Trainer):
 
     def training_step(self, batch: list[dict[str, Any]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         objective = self.modules[self.name]
-        total = sum(len(g["ids"]) for g in batch)
         loss = torch.zeros((), device=self.device)
         metrics: dict[str, float] = {}
-        for group in batch:
+        for group, share in zip(batch, group_shares(batch)):
             ids = group["ids"].to(self.device, non_blocking=True)
             b, t = ids.shape[:2]
             context = group["prime_frames"].to(self.device)
@@ -105,7 +104,6 @@ class MaskGitTrainer(Trainer):
             if self.frozen_text is not None:
                 text_emb, text_mask = self.frozen_text.encode_cached(group["caption"])
             part, terms = objective(ids, prime, group["caption"], text_emb, text_mask)
-            share = b / total
             loss = loss + part * share
             for key, value in terms.items():
                 metrics[key] = metrics.get(key, 0.0) + float(value) * share
@@ -200,13 +198,14 @@ def train_maskgit(config: Config, tokenizer_dir: str | Path | None = None, *, re
     from accelerate import PartialState
 
     from .token_cache import TokenDataset
+    from .training import cpu_only
 
     tokenizer_dir = Path(tokenizer_dir or Path(config.train_tokenizer.output_dir) / "final")
     if not (tokenizer_dir / "config.json").is_file():
         raise FileNotFoundError(f"no trained tokenizer at {tokenizer_dir}: train one first or pass --tokenizer")
     if kwargs.get("output_dir"):
         config.train_maskgit.output_dir = str(kwargs["output_dir"])
-    state = PartialState()
+    state = PartialState(cpu=cpu_only())
     with state.main_process_first():
         cache = ensure_token_cache(config, tokenizer_dir, device=str(state.device))
     dataset = TokenDataset(cache)

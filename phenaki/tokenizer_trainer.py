@@ -18,7 +18,7 @@ from .cvivit import CViViT
 from .data import build_dataset
 from .losses import TokenizerLoss, build_discriminator, vgg16_perceptual
 from .metrics import codebook_perplexity, codebook_usage, psnr, ssim
-from .training import EMA, Trainer, collate_clips, frames_to_pixels, pixels_to_frames
+from .training import EMA, Trainer, collate_clips, frames_to_pixels, group_shares, pixels_to_frames
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +64,22 @@ class TokenizerTrainer(Trainer):
     def training_step(self, batch: list[dict[str, Any]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Frames of different lengths (images and clips) come as groups; weight by size."""
         model = self.modules[self.name]
-        total_items = sum(len(g["video"]) for g in batch)
         loss = torch.zeros((), device=self.device)
         metrics: dict[str, float] = {}
-        for group in batch:
+        for group, share in zip(batch, group_shares(batch)):
             pixels = frames_to_pixels(group["video"]).to(self.device, non_blocking=True)
             out = model(pixels)
             terms = self.loss.generator_loss(
                 out.recon, pixels, out.quantizer_loss, step, last_layer=self.unwrapped.last_layer_weights
             )
-            share = len(pixels) / total_items
             loss = loss + terms["loss"] * share
             with torch.no_grad():
                 terms["psnr"] = psnr(out.recon.detach().float().clamp(0, 1), pixels)
                 terms["usage"] = out.codebook_usage
             for key, value in terms.items():
                 metrics[key] = metrics.get(key, 0.0) + float(value.detach()) * share
-            self._last = (out.recon.detach(), pixels)
+            if share > 0:  # a stand-in group (multi-process alignment) never trains the discriminator
+                self._last = (out.recon.detach(), pixels)
         return loss, metrics
 
     def after_optimizer_step(self) -> None:

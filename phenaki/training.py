@@ -138,6 +138,54 @@ def collate_clips(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def group_shares(batch: list[dict[str, Any]]) -> list[float]:
+    """Each group's weight in the step's loss: its share of the real samples (stand-ins weigh 0)."""
+    key = "video" if "video" in batch[0] else "ids"
+    sizes = [0 if group.get("stand_in") else len(group[key]) for group in batch]
+    total = max(1, sum(sizes))
+    return [size / total for size in sizes]
+
+
+def stand_in_group(like: dict[str, Any], frames: int) -> dict[str, Any]:
+    """A one-sample, zero-weight group of `frames` frames cut (or padded) from a real group.
+
+    Several processes must run the same forwards in the same order (DDP broadcasts
+    buffers at each forward and the quantizer all-reduces its codebook statistics),
+    so a process whose batch lacks a frame count that another process has runs this
+    stand-in instead; its loss weight is 0, so gradients are those of the real samples.
+    """
+    key = "video" if "video" in like else "ids"
+    x = like[key][:1]
+    if x.shape[1] >= frames:
+        x = x[:, :frames]
+    else:  # hold the last frame
+        x = torch.cat([x, x[:, -1:].expand(1, frames - x.shape[1], *x.shape[2:])], dim=1)
+    group: dict[str, Any] = {}
+    for name, value in like.items():
+        if isinstance(value, torch.Tensor) and value.dim() > 0:
+            group[name] = torch.zeros_like(value[:1])  # per-sample numbers (context lengths): none
+        elif isinstance(value, list):
+            group[name] = value[:1]
+        else:
+            group[name] = value
+    group[key] = x.clone()
+    group["stand_in"] = True
+    return group
+
+
+def align_groups(batch: list[dict[str, Any]], accelerator: Any) -> list[dict[str, Any]]:
+    """Give every process the same sequence of group frame counts (see `stand_in_group`)."""
+    from accelerate.utils import gather_object
+
+    key = "video" if "video" in batch[0] else "ids"
+    mine = [int(group[key].shape[1]) for group in batch]
+    union = sorted({f for frames in gather_object([mine]) for f in frames}, reverse=True)
+    if union == mine:
+        return batch
+    by_frames = dict(zip(mine, batch))
+    return [by_frames[f] if f in by_frames else stand_in_group(batch[0], f) for f in union]
+
+
 def frames_to_pixels(video: torch.Tensor) -> torch.Tensor:
     """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [0, 1] (the models' input)."""
     return video.permute(0, 4, 1, 2, 3).float().div_(255.0)
@@ -164,6 +212,12 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
     return path
 
 
+def cpu_only() -> bool:
+    """True without CUDA: processes spawned by `accelerate launch --multi_gpu` (torchrun) then
+    join one gloo group on CPU, so the same launch line trains on a CPU box and on GPUs."""
+    return not torch.cuda.is_available()
+
+
 class Trainer(abc.ABC):
     """A training loop with everything but the loss: subclasses implement `training_step`.
 
@@ -183,13 +237,7 @@ class Trainer(abc.ABC):
         self.train_cfg = train
         self.output_dir = Path(output_dir or train.output_dir)
         self.progress = progress
-        kwargs: dict[str, Any] = {}
-        if cpu is not None:
-            kwargs["cpu"] = cpu
-        self.accelerator = Accelerator(
-            mixed_precision=train.mixed_precision,
-            **kwargs,
-        )
+        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu_only() if cpu is None else cpu)
         set_seed(train.seed + self.accelerator.process_index)
         self.step = 0
         self.modules: dict[str, nn.Module] = {}
@@ -249,15 +297,24 @@ class Trainer(abc.ABC):
 
     # ----------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path | None:
-        """Full training state at the current step; main process only; keeps the last K."""
+        """Full training state at the current step, written by the main process; keeps the last K.
+
+        Every process takes part in gathering (model state, which FSDP must collect,
+        and each process's RNG state, so a resumed run draws what the uninterrupted
+        one would have on every rank); only the main process writes.
+        """
+        from accelerate.utils import gather_object
+
         self.accelerator.wait_for_everyone()
+        states = {name: self.accelerator.get_state_dict(module) for name, module in self.modules.items()}
+        rng_states = gather_object([_rng_state()])
         if not self.is_main:
             return None
         path = self.output_dir / "checkpoints" / f"step-{self.step:07d}"
 
         def write(tmp: Path) -> None:
-            for name, module in self.modules.items():
-                save_state_dict(self.accelerator.unwrap_model(module).state_dict(), tmp / f"{name}.safetensors")
+            for name, state in states.items():
+                save_state_dict(state, tmp / f"{name}.safetensors")
             if self.ema is not None:
                 save_state_dict(self.ema.state_dict(), tmp / "ema.safetensors")
             torch.save(
@@ -267,12 +324,9 @@ class Trainer(abc.ABC):
                 },
                 tmp / "optim.pt",
             )
-            torch.save(
-                {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                 "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]},
-                tmp / "rng.pt",
-            )
-            write_json(tmp / "state.json", {"step": self.step, "config": to_dict(self.config)})
+            torch.save({"per_process": rng_states}, tmp / "rng.pt")
+            write_json(tmp / "state.json", {"step": self.step, "config": to_dict(self.config),
+                                            "num_processes": self.accelerator.num_processes})
 
         atomic_write_dir(path, write)
         self._prune_checkpoints()
@@ -297,8 +351,12 @@ class Trainer(abc.ABC):
         for key, sched in self.schedulers.items():
             sched.load_state_dict(optim["schedulers"][key])
         rng = torch.load(path / "rng.pt", weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+        per_process = rng.get("per_process", [rng])  # older checkpoints hold one state
+        rank = self.accelerator.process_index
+        if len(per_process) != self.accelerator.num_processes:
+            log.warning("checkpoint was written by %d processes, resuming with %d: random streams differ from "
+                        "an uninterrupted run", len(per_process), self.accelerator.num_processes)
+        _set_rng_state(per_process[rank % len(per_process)])
         self.step = json.loads((path / "state.json").read_text())["step"]
         log.info("resumed from %s at step %d", path, self.step)
 
@@ -355,6 +413,8 @@ class Trainer(abc.ABC):
         while self.step < end:
             for micro in range(cfg.grad_accum):
                 batch = next(loader)
+                if self.accelerator.num_processes > 1:
+                    batch = align_groups(batch, self.accelerator)
                 # DDP all-reduces only on the last micro-batch of an accumulation.
                 sync = micro == cfg.grad_accum - 1
                 with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
@@ -397,6 +457,18 @@ class Trainer(abc.ABC):
             self.export(final)
         self.accelerator.wait_for_everyone()
         return final
+
+
+def _rng_state() -> dict[str, Any]:
+    """This process's torch and Python RNG state (what a resumed run must continue from)."""
+    version, state, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(), "python": list(state), "python_version": version,
+            "python_gauss": gauss}
+
+
+def _set_rng_state(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
 
 
 def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
