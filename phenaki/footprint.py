@@ -1,0 +1,180 @@
+"""How big a training run is before it runs: parameters, tokens, memory per device.
+
+`footprint(config, which)` builds the model on the meta device (shapes only, no
+memory), counts parameters and tokens per sample, and estimates memory per device
+for data-parallel (DDP: everything replicated) and fully sharded (FSDP full shard:
+parameters, gradients and optimiser state divided by the number of processes)
+training at the configured batch size. The train scripts print it with `--dry-run`.
+
+Estimate (bytes): mixed-precision AdamW keeps fp32 parameters (4), fp32 gradients
+(4), two fp32 moments (8) and the fp32 EMA copy (4) per parameter. Activations per
+transformer layer follow Korthikanti et al. (2022), without recomputation:
+s * b * h * (34 + 5 * a * s / h) bytes for 16-bit activations (s tokens, b batch,
+h width, a heads); cross-attention adds its own s * b * h * (16 + 5 * a * L / h)
+term for text length L. It is an estimate for planning (what fits, which
+strategy), not a promise: allocator slack and temporary buffers come on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .config import Config
+
+GIB = 2**30
+BYTES_PER_PARAM_TRAINED = 4 + 4 + 8 + 4  # fp32 master + grad + Adam moments + EMA
+
+
+@dataclass
+class Footprint:
+    """What one training run of `which` needs; memory figures are per device, in bytes."""
+
+    which: str
+    params: int
+    frozen_params: int
+    tokens_per_sample: int
+    batch_per_device: int
+    world_size: int
+    state_bytes: int  # params + grads + optimiser + EMA, unsharded
+    frozen_bytes: int  # frozen modules (bf16), e.g. a frozen text encoder
+    activation_bytes: int
+    notes: list[str] = field(default_factory=list)
+
+    def per_device(self, strategy: Literal["ddp", "fsdp"]) -> int:
+        """Estimated bytes on each device under DDP or FSDP full shard."""
+        state = self.state_bytes if strategy == "ddp" else self.state_bytes // max(1, self.world_size)
+        return state + self.frozen_bytes + self.activation_bytes
+
+    def lines(self) -> list[str]:
+        """Human-readable report (what `--dry-run` prints)."""
+        out = [
+            f"{self.which}: {self.params / 1e6:,.1f} M trainable parameters"
+            + (f", {self.frozen_params / 1e6:,.1f} M frozen" if self.frozen_params else ""),
+            f"  tokens per sample: {self.tokens_per_sample:,}; batch per device: {self.batch_per_device}; "
+            f"processes: {self.world_size}",
+            f"  weights+grads+AdamW+EMA (fp32): {self.state_bytes / GIB:,.2f} GiB unsharded",
+            f"  activations at batch {self.batch_per_device} (bf16, no recomputation): "
+            f"{self.activation_bytes / GIB:,.2f} GiB",
+            f"  per device, DDP: {self.per_device('ddp') / GIB:,.2f} GiB; "
+            f"FSDP full shard over {self.world_size}: {self.per_device('fsdp') / GIB:,.2f} GiB",
+        ]
+        out += [f"  note: {n}" for n in self.notes]
+        return out
+
+
+def _layer_activation_bytes(tokens: int, batch: int, width: int, heads: int, text_len: int = 0) -> int:
+    """Korthikanti et al. activation bytes for one pre-norm block (plus cross-attention)."""
+    s, b, h, a = tokens, batch, width, heads
+    total = s * b * h * (34 + 5 * a * s / h)
+    if text_len:
+        total += s * b * h * (16 + 5 * a * text_len / h)
+    return int(total)
+
+
+def _meta_params(build) -> tuple[int, torch.nn.Module]:
+    with torch.device("meta"):
+        module = build()
+    return sum(p.numel() for p in module.parameters()), module
+
+
+def footprint(config: Config, which: Literal["tokenizer", "maskgit"], world_size: int = 1) -> Footprint:
+    """Parameter, token and memory estimate for training `which` with `config` (nothing allocated)."""
+    from .cvivit import CViViT
+
+    tok = config.tokenizer
+    token_frames = tok.token_frames(tok.num_frames)
+    grid = tok.token_grid
+    tokens = token_frames * grid[0] * grid[1]
+    notes: list[str] = []
+    if which == "tokenizer":
+        cfg = config.train_tokenizer
+        params, _ = _meta_params(lambda: CViViT(tok))
+        frame_tokens = grid[0] * grid[1]
+        layers = 2 * (tok.spatial_depth + tok.temporal_depth)  # encoder + decoder
+        # spatial layers see T' sequences of H'W' tokens; temporal ones H'W' sequences of T'
+        act = (tok.spatial_depth * 2) * _layer_activation_bytes(frame_tokens, cfg.batch_size * token_frames,
+                                                                 tok.dim, tok.heads)
+        act += (tok.temporal_depth * 2) * _layer_activation_bytes(token_frames, cfg.batch_size * frame_tokens,
+                                                                  tok.dim, tok.heads)
+        pixels = cfg.batch_size * 3 * tok.num_frames * tok.image_size[0] * tok.image_size[1]
+        act += pixels * 4 * 6  # input, output, losses (fp32)
+        notes.append(f"{layers} transformer layers; discriminators and perceptual nets not counted")
+        return Footprint("tokenizer", params, 0, tokens, cfg.batch_size, world_size,
+                         params * BYTES_PER_PARAM_TRAINED, 0, act, notes)
+
+    from .maskgit import MaskGit
+
+    cfg = config.train_maskgit
+    tr = config.transformer
+    frozen = trainable_text = 0
+    if config.text.kind == "scratch":
+        text_dim = config.text.dim
+        trainable_text = _text_params(_scratch_t5_config(config))
+    else:
+        t5 = _pretrained_t5_config(config.text.name_or_path)
+        if t5 is None:
+            text_dim = tr.text_dim or 768
+            notes.append(f"text encoder {config.text.name_or_path!r}: config not available offline, not counted; "
+                         f"text width taken as {text_dim}")
+        else:
+            text_dim = t5.d_model
+            frozen = _text_params(t5)
+        if config.text.trainable:
+            trainable_text, frozen = frozen, 0
+        else:
+            notes.append("the frozen text encoder can stay off the training devices when its embeddings are cached")
+    config.resolve(text_dim=text_dim)
+    params, _ = _meta_params(lambda: MaskGit(config.transformer))
+    act = tr.depth * _layer_activation_bytes(tokens, cfg.batch_size, tr.dim, tr.heads, config.text.max_length)
+    act += tokens * cfg.batch_size * tr.codebook_size * (2 + 4)  # bf16 logits + fp32 for the loss
+    if tr.critic:
+        notes.append("token critic included in the parameters; its activations are not")
+    total = params + trainable_text
+    return Footprint("maskgit", total, frozen, tokens, cfg.batch_size, world_size,
+                     total * BYTES_PER_PARAM_TRAINED, frozen * 2, act, notes)
+
+
+# T5 v1.1 encoders (Raffel et al. 2020; the 1.1 checkpoints): width, heads, layers, feed-forward
+T5_V1_1 = {
+    "small": (512, 6, 8, 1024), "base": (768, 12, 12, 2048), "large": (1024, 16, 24, 2816),
+    "xl": (2048, 32, 24, 5120), "xxl": (4096, 64, 24, 10240),
+}
+
+
+def _scratch_t5_config(config: Config):
+    """The small T5 encoder trained from scratch on a closed vocabulary."""
+    from transformers import T5Config
+
+    t = config.text
+    return T5Config(vocab_size=t.vocab_size, d_model=t.dim, d_kv=t.dim // t.heads, d_ff=t.ff_dim,
+                    num_layers=t.depth, num_heads=t.heads)
+
+
+def _pretrained_t5_config(name: str | None):
+    """A pretrained encoder's config: from the local cache/folder, else the T5 v1.1 family table."""
+    if not name:
+        return None
+    from transformers import AutoConfig, T5Config
+
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not available offline: fall back to the known family
+        pass
+    size = name.rsplit("-", 1)[-1].lower()
+    if "t5-v1_1" in name and size in T5_V1_1:
+        d, heads, layers, ff = T5_V1_1[size]
+        return T5Config(vocab_size=32128, d_model=d, d_kv=64, d_ff=ff, num_layers=layers, num_heads=heads,
+                        feed_forward_proj="gated-gelu")
+    return None
+
+
+def _text_params(t5_config) -> int:
+    """Parameters of the encoder built (on the meta device) from its config."""
+    from transformers import AutoModel, T5Config, T5EncoderModel
+
+    with torch.device("meta"):
+        model = T5EncoderModel(t5_config) if isinstance(t5_config, T5Config) else AutoModel.from_config(t5_config)
+    return sum(p.numel() for p in model.parameters())
