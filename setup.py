@@ -36,14 +36,16 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        "test": ["pytest>=7.4"],
+        "test": ["pytest>=7.4", "gradio>=5", "playwright>=1.40"],
         "vision": ["torchvision"],
+        "web": ["gradio>=5"],
     },
     entry_points={
         "console_scripts": [
             "phenaki-sample=phenaki.cli:sample_main",
             "phenaki-data=phenaki.cli:data_main",
             "phenaki-eval=phenaki.cli:eval_main",
+            "phenaki-web=phenaki.cli:web_main",
         ]
     },
     classifiers=[

@@ -1,0 +1,193 @@
+"""The web demo: request validation, output folders, and the page in a real browser.
+
+The browser tests drive Debian's chromium through Playwright (the system browser,
+nothing downloaded) against a `phenaki-web` server running a tiny random model.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from phenaki.config import SamplingConfig, TextConfig, TokenizerConfig, TransformerConfig
+from phenaki.cvivit import CViViT
+from phenaki.maskgit import MaskGit
+from phenaki.pipeline import Phenaki
+from phenaki.text import TextEncoder
+from phenaki.video import read_video
+from phenaki.web import OutputStore, RequestError, WebLimits, parse_request
+
+ARTEFACTS = Path(__file__).resolve().parent / "artefacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+SHAPE = dict(model_fps=8.0, first_frames=11, scene_frames=6, temporal_patch=2)
+
+
+def ask(story, limits=WebLimits(), seed=0, steps=12, guidance=3.0, scene_seconds=None, fps=8.0):
+    return parse_request(story, seed, steps, guidance, scene_seconds, fps, limits, **SHAPE)
+
+
+def test_a_good_story_parses_with_its_settings():
+    request = ask("a red ball moves right\n# a comment\n\nthe blue ball rises [frames=8]", seed=3)
+    assert [s.prompt for s in request.scenes] == ["a red ball moves right", "the blue ball rises"]
+    assert request.scenes[1].settings == {"frames": 8} and request.seed == 3
+
+
+@pytest.mark.parametrize("story, kwargs, message", [
+    ("", {}, "The story is empty"),
+    ("   \n  ", {}, "The story is empty"),
+    ("# only a comment", {}, "no scenes"),
+    ("a red ball " + "x" * 300, {}, "Line 1 is 311 characters long; the limit is 200"),
+    ("\n".join(["a red ball rises"] * 9), {}, "9 scenes; this server allows at most 8"),
+    ("a red ball rises\nthe ball falls [frames=200]", {}, "about 211 frames; this server allows at most 128"),
+    ("a red ball rises [speed=3]", {}, "unknown scene setting 'speed'"),
+    ("a red ball rises", {"seed": -1}, "seed must be a whole number"),
+    ("a red ball rises", {"seed": 1.5}, "seed must be a whole number"),
+    ("a red ball rises", {"steps": 0}, "Steps must be a whole number from 1 to 32"),
+    ("a red ball rises", {"fps": 0}, "Frames per second"),
+])
+def test_bad_requests_name_the_problem(story, kwargs, message):
+    with pytest.raises(RequestError, match=message.replace("(", r"\(")):
+        ask(story, **kwargs)
+
+
+def test_limits_are_configurable():
+    with pytest.raises(RequestError, match="at most 2"):
+        ask("a\nb\nc", limits=WebLimits(max_scenes=2))
+    assert len(ask("a\nb\nc", limits=WebLimits(max_scenes=3)).scenes) == 3
+
+
+def test_output_folders_are_per_request_and_old_ones_go(tmp_path):
+    store = OutputStore(tmp_path / "out", keep=3)
+    folders = []
+    for _ in range(5):
+        folders.append(store.new())
+        (folders[-1] / "story.mp4").write_bytes(b"x")
+        time.sleep(0.01)
+    assert len(set(folders)) == 5
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f.name for f in folders[-3:])
+
+
+# ----------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    torch.manual_seed(0)
+    tok_cfg = TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
+                              quantizer="fsq", fsq_levels=[5, 5, 5])
+    text = TextEncoder.scratch(["a red ball moves right", "the blue box rises", "a green disc falls"],
+                               TextConfig(kind="scratch", dim=16, depth=1, heads=2, ff_dim=32, max_length=12))
+    transformer = MaskGit(TransformerConfig(dim=32, depth=1, heads=2, dim_head=16, max_token_frames=6,
+                                            codebook_size=125, token_grid=(8, 8), text_dim=16))
+    pipe = Phenaki(CViViT(tok_cfg), transformer, text, SamplingConfig(steps=2), device="cpu", dtype="float32")
+    return pipe.save_pretrained(tmp_path_factory.mktemp("web") / "model")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    port = _free_port()
+    out = tmp_path_factory.mktemp("web-out")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from phenaki.cli import web_main; web_main()", "--checkpoint", str(tiny_model), "--port", str(port),
+         "--output-dir", str(out), "--max-scenes", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"phenaki-web exited: {proc.stdout.read()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise AssertionError("phenaki-web did not start listening within 120 s")
+    yield url, out
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def page():
+    if CHROMIUM is None:
+        pytest.fail("the browser tests need Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+        yield context.new_page()
+        browser.close()
+
+
+def _set_story(page, text: str) -> None:
+    box = page.locator("#story textarea")
+    box.fill(text)
+
+
+def test_browser_generates_a_two_scene_story(server, page, tmp_path):
+    url, out = server
+    page.goto(url, wait_until="networkidle")
+    _set_story(page, "a red ball moves right\nthe blue box rises")
+    page.locator("#generate").click()
+    page.wait_for_selector("#video video", timeout=120_000)
+    page.wait_for_function("document.querySelector('#video video').readyState >= 1", timeout=60_000)
+    duration = page.evaluate("document.querySelector('#video video').duration")
+    ARTEFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTEFACTS / "web-demo.png"), full_page=True)
+    assert "2 scene(s), 17 frames" in page.locator("#summary").inner_text()
+    # the files offered for download are the ones generated: 11 + 6 frames at 8 fps
+    links = page.locator("#files a[href]")
+    hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
+    assert sorted(h.rsplit("/", 1)[-1] for h in hrefs) == ["story.gif", "story.json", "story.mp4"]
+    with page.expect_download() as info:
+        page.locator("#files a[href$='story.mp4']").click()
+    path = tmp_path / "story.mp4"
+    info.value.save_as(path)
+    frames, fps = read_video(path)
+    assert frames.shape[0] == 17 and fps == 8.0
+    assert frames.shape[1:3] == (256, 256)  # 64x64 shown at 4x
+    assert abs(duration - 17 / 8) < 0.2
+    sidecars = list(Path(out).glob("*/story.json"))
+    assert len(sidecars) == 1
+    meta = json.loads(sidecars[0].read_text())
+    assert [s["prompt"] for s in meta["scenes"]] == ["a red ball moves right", "the blue box rises"]
+
+
+def test_browser_bad_input_gets_a_message_and_the_server_keeps_serving(server, page):
+    url, _ = server
+    page.goto(url, wait_until="networkidle")
+    _set_story(page, "")
+    page.locator("#generate").click()
+    page.wait_for_selector("text=The story is empty", timeout=30_000)
+    _set_story(page, "\n".join(["a red ball rises"] * 5))
+    page.locator("#generate").click()
+    page.wait_for_selector("text=allows at most 4", timeout=30_000)
+    assert "Traceback" not in page.content()
+    # still serving: a good story after the bad ones works
+    _set_story(page, "a green disc falls")
+    page.locator("#generate").click()
+    page.wait_for_function(
+        "document.querySelector('#summary') && document.querySelector('#summary').innerText.includes('1 scene(s)')",
+        timeout=120_000)
