@@ -30,6 +30,7 @@ setup(
         "safetensors>=0.4",
         "av>=11",
         "click>=8.1",
+        "webdataset>=0.2.86",
         "pyyaml>=6",
         "tqdm>=4.60",
         "numpy>=1.24",

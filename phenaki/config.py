@@ -159,6 +159,7 @@ class DataConfig:
     holdout_combinations: list[list[str]] = field(default_factory=list)
     holdout_phrasings: list[str] = field(default_factory=list)
     num_workers: int = 0
+    shuffle_buffer: int = 1000  # samples shuffled together when streaming shards
     seed: int = 0
 
     def __post_init__(self) -> None:

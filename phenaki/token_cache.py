@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from safetensors import safe_open
@@ -45,6 +45,68 @@ def _chunk_name(index: int) -> str:
 
 
 @torch.no_grad()
+def _encode_chunk(tokenizer: CViViT, items: Iterable[dict[str, Any]], *, batch_size: int, device: str | torch.device,
+                  autocast: torch.dtype | None, progress: Callable[[int], object] | None) -> tuple[dict, list[str]]:
+    """Encode items (clips and images) in batches; return the chunk's tensors and captions."""
+    pt = tokenizer.config.temporal_patch_size
+    device_type = torch.device(device).type
+    captions: list[str] = []
+    rows: list[tuple[int, int]] = []  # (token-frames, position in its group)
+    groups: dict[int, list[torch.Tensor]] = {}
+    contexts: list[int] = []
+
+    def flush(batch: list[dict[str, Any]]) -> None:
+        encoded: list[torch.Tensor] = [torch.empty(0)] * len(batch)
+        by_length: dict[int, list[int]] = {}
+        for k, item in enumerate(batch):  # images and clips are encoded apart, order kept
+            by_length.setdefault(int(item["video"].shape[0]), []).append(k)
+        for positions in by_length.values():
+            pixels = frames_to_pixels(torch.stack([batch[k]["video"] for k in positions])).to(device)
+            with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                ids = tokenizer.encode(pixels).to(torch.int32).cpu()
+            for k, row in zip(positions, ids):
+                encoded[k] = row
+        for item, row in zip(batch, encoded):
+            bucket = groups.setdefault(row.shape[0], [])
+            rows.append((row.shape[0], len(bucket)))
+            bucket.append(row)
+            captions.append(item["caption"])
+            contexts.append(context_token_frames(int(item.get("context_frames", 0)), pt))
+        if progress is not None:
+            progress(len(batch))
+
+    batch: list[dict[str, Any]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            flush(batch)
+            batch = []
+    if batch:
+        flush(batch)
+    tensors: dict[str, torch.Tensor] = {f"ids_t{frames}": torch.stack(bucket) for frames, bucket in groups.items()}
+    tensors["row_frames"] = torch.tensor([r[0] for r in rows], dtype=torch.int32)
+    tensors["row_index"] = torch.tensor([r[1] for r in rows], dtype=torch.int32)
+    tensors["context_token_frames"] = torch.tensor(contexts, dtype=torch.int32)
+    return tensors, captions
+
+
+def _write_chunk(path: Path, tensors: dict[str, torch.Tensor], captions: list[str]) -> None:
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
+
+
+def _write_manifest(out: Path, tokenizer: CViViT, chunks: list[str], items: int, **extra: Any) -> None:
+    manifest = {
+        "chunks": chunks,
+        "items": items,
+        "codebook_size": tokenizer.codebook_size,
+        "token_grid": list(tokenizer.token_grid),
+        "tokenizer": to_dict(tokenizer.config),
+        **extra,
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
 def tokenize_dataset(
     tokenizer: CViViT,
     dataset: Dataset,
@@ -62,8 +124,6 @@ def tokenize_dataset(
     out.mkdir(parents=True, exist_ok=True)
     total = min(num_items or len(dataset), len(dataset))  # type: ignore[arg-type]
     tokenizer = tokenizer.to(device).eval()
-    pt = tokenizer.config.temporal_patch_size
-    device_type = torch.device(device).type
     chunks = []
     for index, start in enumerate(range(0, total, chunk_size)):
         name = _chunk_name(index)
@@ -74,46 +134,60 @@ def tokenize_dataset(
             if progress is not None:
                 progress(stop - start)
             continue
-        tensors: dict[str, torch.Tensor] = {}
-        captions: list[str] = []
-        rows: list[tuple[int, int]] = []  # (token-frames, position in its group)
-        groups: dict[int, list[torch.Tensor]] = {}
-        contexts: list[int] = []
-        for b in range(start, stop, batch_size):
-            items = [dataset[i] for i in range(b, min(b + batch_size, stop))]
-            encoded: list[torch.Tensor] = [torch.empty(0)] * len(items)
-            by_length: dict[int, list[int]] = {}
-            for k, item in enumerate(items):  # images and clips are encoded apart, order kept
-                by_length.setdefault(int(item["video"].shape[0]), []).append(k)
-            for positions in by_length.values():
-                pixels = frames_to_pixels(torch.stack([items[k]["video"] for k in positions])).to(device)
-                with torch.autocast(device_type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                    ids = tokenizer.encode(pixels).to(torch.int32).cpu()
-                for k, row in zip(positions, ids):
-                    encoded[k] = row
-            for item, row in zip(items, encoded):
-                bucket = groups.setdefault(row.shape[0], [])
-                rows.append((row.shape[0], len(bucket)))
-                bucket.append(row)
-                captions.append(item["caption"])
-                contexts.append(context_token_frames(int(item["context_frames"]), pt))
-            if progress is not None:
-                progress(len(items))
-        for frames, bucket in groups.items():
-            tensors[f"ids_t{frames}"] = torch.stack(bucket)
-        tensors["row_frames"] = torch.tensor([r[0] for r in rows], dtype=torch.int32)
-        tensors["row_index"] = torch.tensor([r[1] for r in rows], dtype=torch.int32)
-        tensors["context_token_frames"] = torch.tensor(contexts, dtype=torch.int32)
-        with atomic_file(out / name) as tmp:
-            save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
-    manifest = {
-        "chunks": chunks,
-        "items": total,
-        "codebook_size": tokenizer.codebook_size,
-        "token_grid": list(tokenizer.token_grid),
-        "tokenizer": to_dict(tokenizer.config),
-    }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        items = (dataset[i] for i in range(start, stop))
+        tensors, captions = _encode_chunk(tokenizer, items, batch_size=batch_size, device=device,
+                                          autocast=autocast, progress=progress)
+        _write_chunk(out / name, tensors, captions)
+    _write_manifest(out, tokenizer, chunks, total)
+    return out
+
+
+def tokenize_shards(
+    tokenizer: CViViT,
+    shards: str | list[str],
+    out_dir: str | Path,
+    *,
+    num_frames: int,
+    fps: float,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    autocast: torch.dtype | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> Path:
+    """Encode every sample of every tar shard once: one token chunk per input shard.
+
+    A chunk is written atomically when its shard is done, so a crashed run resumes
+    without redoing finished shards; the manifest comes last and makes the folder a
+    token cache that `TokenDataset` (and so the MaskGIT trainer) reads directly.
+    """
+    from .data.shards import ShardDataset, expand_urls
+
+    urls = expand_urls(shards)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenizer.to(device).eval()
+    size = tuple(tokenizer.config.image_size)
+    chunks, items, skipped = [], 0, 0
+    for index, url in enumerate(urls):
+        name = _chunk_name(index)
+        chunks.append(name)
+        if (out / name).exists():
+            log.info("%s exists: skipping shard %s", name, url)
+            with safe_open(str(out / name), "pt") as fh:
+                items += len(json.loads(fh.metadata()["captions"]))
+            continue
+        stream = ShardDataset([url], num_frames=num_frames, fps=fps, size=size, crop="center", shuffle_buffer=0,
+                              epochs=1)
+        tensors, captions = _encode_chunk(tokenizer, iter(stream), batch_size=batch_size, device=device,
+                                          autocast=autocast, progress=progress)
+        skipped += stream.skipped
+        if not captions:
+            log.warning("shard %s gave no readable samples", url)
+        _write_chunk(out / name, tensors, captions)
+        items += len(captions)
+    _write_manifest(out, tokenizer, chunks, items, sources=urls)
+    if skipped:
+        log.warning("%d corrupt sample(s) skipped", skipped)
     return out
 
 

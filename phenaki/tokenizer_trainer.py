@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset
 
 from .config import Config
 from .cvivit import CViViT
@@ -99,7 +100,10 @@ class TokenizerTrainer(Trainer):
         """Fixed held-out clips (the same every preview, so numbers compare across steps)."""
         if self._preview_pixels is None:
             dataset = build_dataset(self.config.data, "heldout", num_samples=PREVIEW_CLIPS, seed_offset=9973)
-            items = [dataset[i] for i in range(min(PREVIEW_CLIPS, len(dataset)))]
+            if isinstance(dataset, IterableDataset):  # streamed shards: the first clips of the stream
+                items = [item for item, _ in zip(dataset, range(PREVIEW_CLIPS))]
+            else:
+                items = [dataset[i] for i in range(min(PREVIEW_CLIPS, len(dataset)))]
             groups = collate_clips(items)
             self._preview_pixels = frames_to_pixels(groups[0]["video"])
         return self._preview_pixels

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from .checkpoint import load_state_dict, save_state_dict, write_json
 from .fileio import atomic_write_dir, recover_dir
@@ -275,6 +275,15 @@ class Trainer(abc.ABC):
         """A loader whose order depends only on the seed and the samples already consumed."""
         cfg = self.train_cfg
         per_step = cfg.batch_size * cfg.grad_accum
+        workers = self.config.data.num_workers
+        if isinstance(dataset, IterableDataset):
+            # streamed data (tar shards) splits itself across processes and workers; a
+            # resumed run starts a new epoch of shard order instead of replaying samples
+            if start_step and hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(start_step)
+            return DataLoader(dataset, batch_size=cfg.batch_size, num_workers=workers, collate_fn=collate_clips,
+                              pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                              drop_last=True)
         sampler = ResumableSampler(
             len(dataset),  # type: ignore[arg-type]
             seed=cfg.seed,
@@ -282,7 +291,6 @@ class Trainer(abc.ABC):
             world=self.accelerator.num_processes,
             start=start_step * per_step,
         )
-        workers = self.config.data.num_workers
         return DataLoader(
             dataset,
             batch_size=cfg.batch_size,

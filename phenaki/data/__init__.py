@@ -1,4 +1,4 @@
-"""Datasets: the Shapes story domain and real video-text folders.
+"""Datasets: the Shapes story domain, real video-text folders and tar shards.
 
 `build_dataset(data_config, split)` is the one entry the trainers use, so a config's
 `data.kind` decides where clips come from.
@@ -46,4 +46,19 @@ def build_dataset(data: "DataConfig", split: str = "train", *, num_samples: int 
             crop=data.crop if split == "train" else "center",
             seed=data.seed + seed_offset,
         )
-    raise ValueError(f"data.kind {data.kind!r} is not available in this build (use 'shapes' or 'folder')")
+    if data.kind == "shards":
+        from .shards import ShardDataset
+
+        if not data.path:
+            raise ValueError("data.path must name the shards (a folder, glob or {000000..000099} pattern) "
+                             "when data.kind is 'shards'")
+        return ShardDataset(
+            data.path,
+            num_frames=data.num_frames,
+            fps=data.fps,
+            size=data.image_size,
+            crop=data.crop if split == "train" else "center",
+            shuffle_buffer=data.shuffle_buffer if split == "train" else 0,
+            seed=data.seed + seed_offset,
+        )
+    raise ValueError(f"data.kind {data.kind!r} is not known (use 'shapes', 'folder' or 'shards')")

@@ -1,0 +1,261 @@
+"""WebVid-style tar shards: write them from a folder dataset, stream them into training.
+
+Layout (what the webdataset tools write): `shard-000000.tar`, `shard-000001.tar`, ...
+each holding samples as `NNNNNN.mp4` (or .webm/.mkv/.gif/.jpg/.png) + `NNNNNN.txt`
+(the caption) + `NNNNNN.json` (caption and source path).
+
+The tar plumbing is the `webdataset` library: maintained, the field's standard for
+exactly this layout, and it already streams tars without unpacking, shuffles shards
+deterministically per epoch, splits shards across processes and DataLoader workers
+(so no sample is read twice in an epoch) and keeps going past broken tar members.
+This module adds what is ours: decoding a sample into a clip of the configured
+frames, fps and size (the same rules as the folder dataset), a count of the samples
+skipped as corrupt, and the shard writer.
+
+Streaming has no random access, so a resumed run continues with a fresh shuffle of
+the shards rather than replaying the exact sample order (map-style datasets resume
+exactly).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from ..fileio import atomic_file
+from ..video import VideoError, read_video, resize_and_crop
+from .video_text import DatasetError, read_captions
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "gif")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
+SHARD_NAME = "shard-{:06d}.tar"
+_BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+
+def expand_urls(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """Shard paths from globs, `{000000..000009}` ranges, comma-separated lists or a list."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    parts = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+    out: list[str] = []
+    for part in parts:
+        match = _BRACES.search(part)
+        if match:
+            lo, hi = match.group(1), match.group(2)
+            width = len(lo)
+            for n in range(int(lo), int(hi) + 1):
+                out.extend(expand_urls(part[: match.start()] + str(n).zfill(width) + part[match.end():]))
+            continue
+        if any(c in part for c in "*?["):
+            found = sorted(glob.glob(os.path.expanduser(part)))
+            if not found:
+                raise DatasetError(f"no shards match {part!r}")
+            out.extend(found)
+        elif Path(part).is_dir():
+            found = sorted(str(p) for p in Path(part).glob("*.tar"))
+            if not found:
+                raise DatasetError(f"no .tar shards in the folder {part}")
+            out.extend(found)
+        else:
+            if not Path(part).is_file():
+                raise DatasetError(f"shard not found: {part}")
+            out.append(part)
+    if not out:
+        raise DatasetError(f"no shards given ({spec!r})")
+    return out
+
+
+def write_shards(root: str | Path, out_dir: str | Path, *, samples_per_shard: int = 1000,
+                 captions: str | None = None) -> list[Path]:
+    """Pack a folder dataset (captions.jsonl/csv + files) into tar shards, files byte for byte.
+
+    Each shard is written to a temporary name and renamed when complete, so an
+    interrupted run never leaves a truncated shard under a final name. Missing files
+    are skipped with a warning and counted in the log.
+    """
+    import webdataset as wds
+
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    root, out = Path(root), Path(out_dir)
+    pairs = read_captions(root, captions)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    missing = 0
+    samples: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        path = out / SHARD_NAME.format(len(written))
+        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            with wds.TarWriter(fh) as sink:
+                for sample in samples:
+                    sink.write(sample)
+        written.append(path)
+        samples.clear()
+
+    for index, (rel, caption) in enumerate(pairs):
+        path = root / rel
+        ext = path.suffix.lower().lstrip(".")
+        if not path.is_file():
+            missing += 1
+            log.warning("skipping %s: file not found", path)
+            continue
+        if ext not in VIDEO_EXTS + IMAGE_EXTS:
+            missing += 1
+            log.warning("skipping %s: not a video or image suffix", path)
+            continue
+        samples.append({
+            "__key__": f"{index:06d}",
+            ext: path.read_bytes(),
+            "txt": caption,
+            "json": json.dumps({"caption": caption, "source": rel}),
+        })
+        if len(samples) == samples_per_shard:
+            flush()
+    if samples:
+        flush()
+    if missing:
+        log.warning("%d of %d entries were skipped", missing, len(pairs))
+    if not written:
+        raise DatasetError(f"{root}: nothing to write (every entry was skipped)")
+    return written
+
+
+def _media(sample: dict[str, Any]) -> tuple[str, bytes]:
+    for ext in VIDEO_EXTS + IMAGE_EXTS:
+        if ext in sample:
+            return ext, sample[ext]
+    raise VideoError(f"sample {sample.get('__key__')} has no video or image member")
+
+
+def _caption(sample: dict[str, Any]) -> str:
+    if "txt" in sample:
+        return bytes(sample["txt"]).decode("utf-8").strip()
+    if "json" in sample:
+        return str(json.loads(bytes(sample["json"]).decode("utf-8"))["caption"]).strip()
+    raise VideoError(f"sample {sample.get('__key__')} has no caption (.txt or .json)")
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class ShardDataset(IterableDataset):
+    """Clips streamed from tar shards, endlessly (epoch after epoch), for the trainers.
+
+    Shards are shuffled per epoch (the same order on every process), then split across
+    processes and DataLoader workers; samples are shuffled within a buffer. Items are
+    the folder dataset's dicts: `video` uint8 [T, H, W, 3] (T = 1 for images),
+    `caption`, `path` (shard/key), `context_frames` 0, `prev_caption` "".
+    """
+
+    def __init__(self, urls: str | list[str], *, num_frames: int = 11, fps: float = 8.0,
+                 size: int | tuple[int, int] = 64, crop: Literal["center", "random"] = "center",
+                 shuffle_buffer: int = 1000, seed: int = 0, images: bool = True, epochs: int | None = None) -> None:
+        self.urls = expand_urls(urls)
+        self.num_frames = num_frames
+        self.fps = float(fps)
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.crop = crop
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.images = images
+        self.epochs = epochs
+        self.start_epoch = 0
+        self.skipped = 0  # corrupt samples skipped by this process (per worker copy)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start from this epoch (a resumed run continues with a new shard order)."""
+        self.start_epoch = epoch
+
+    def _pipeline(self, epoch: int):
+        import webdataset as wds
+
+        rank, world = _rank_world()
+        if len(self.urls) < world:
+            raise DatasetError(f"{len(self.urls)} shard(s) cannot feed {world} processes: write more shards")
+        urls = list(self.urls)
+        random.Random(self.seed * 1_000_003 + epoch).shuffle(urls)  # identical on every process
+        urls = urls[rank::world]
+        worker = get_worker_info()
+        if worker is not None:
+            if len(urls) < worker.num_workers:
+                log.warning("process %d has %d shard(s) for %d workers: some workers stay idle", rank, len(urls),
+                            worker.num_workers)
+            urls = urls[worker.id::worker.num_workers]
+        stream = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None,
+                                handler=self._tar_error, empty_check=False)
+        if self.shuffle_buffer > 1:
+            stream = stream.shuffle(self.shuffle_buffer, rng=random.Random(
+                (self.seed * 1_000_003 + epoch) * 1009 + rank * 101 + (worker.id if worker else 0)))
+        return stream
+
+    def _tar_error(self, exc: Exception) -> bool:
+        self.skipped += 1
+        log.warning("skipping a broken shard member: %s", exc)
+        return True  # keep going
+
+    def decode(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+        """A shard sample -> a clip (or a 1-frame image) at the configured fps and size."""
+        ext, data = _media(sample)
+        caption = _caption(sample)
+        is_image = ext in IMAGE_EXTS
+        with tempfile.NamedTemporaryFile(suffix=f".{ext}", dir=_scratch_dir()) as tmp:
+            tmp.write(data)
+            tmp.flush()
+            if is_image:
+                frames, _ = read_video(tmp.name, num_frames=1)
+            else:
+                frames, _ = read_video(tmp.name, fps=self.fps)
+                if frames.shape[0] == 1:
+                    is_image = True
+                elif frames.shape[0] > self.num_frames:
+                    start = rng.randrange(frames.shape[0] - self.num_frames + 1)
+                    frames = frames[start:start + self.num_frames]
+                elif frames.shape[0] < self.num_frames:
+                    pad = frames[-1:].expand(self.num_frames - frames.shape[0], -1, -1, -1)
+                    frames = torch.cat([frames, pad])
+        generator = torch.Generator().manual_seed(rng.randrange(2**31))
+        frames = resize_and_crop(frames, self.size, mode=self.crop, generator=generator)
+        return {"video": frames, "caption": caption, "path": f"{sample.get('__url__', '')}/{sample['__key__']}",
+                "context_frames": 0, "prev_caption": ""}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, _ = _rank_world()
+        worker = get_worker_info()
+        epoch = self.start_epoch
+        while self.epochs is None or epoch < self.start_epoch + self.epochs:
+            rng = random.Random((self.seed + epoch) * 7919 + rank * 31 + (worker.id if worker else 0))
+            for sample in self._pipeline(epoch):
+                try:
+                    item = self.decode(sample, rng)
+                except (VideoError, OSError, RuntimeError, ValueError, KeyError, UnicodeDecodeError) as exc:
+                    self.skipped += 1
+                    log.warning("skipping corrupt sample %s/%s (%d skipped so far): %s", sample.get("__url__"),
+                                sample.get("__key__"), self.skipped, exc)
+                    continue
+                if item["video"].shape[0] == 1 and not self.images:
+                    continue
+                yield item
+            epoch += 1
+
+
+def _scratch_dir() -> str | None:
+    """Decode through RAM when the system has a RAM disk."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+
+
+__all__ = ["ShardDataset", "expand_urls", "write_shards"]
