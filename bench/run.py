@@ -38,6 +38,8 @@ METRICS = {
     "sample": [("clip_s", "s/clip", False), ("tokens_per_s", "tokens/s", True)],
     "story": [("story_s", "s/story", False)],
 }
+# data loading alone (kind "data"): source x DataLoader workers, demo config
+DATA_SUITE = [("shapes", 0), ("shapes", 2), ("shards", 0), ("shards", 2), ("tokens", 0)]
 
 
 def run_case(case: dict[str, Any], timeout: int) -> dict[str, Any]:
@@ -80,6 +82,11 @@ def table(results: list[dict[str, Any]]) -> str:
                 f"{_fmt(theirs) if theirs else (p.get('error', '-') if p else '-')} | {ratio} | "
                 f"{_fmt(r.get('peak_mb', 0))} | {_fmt(p['peak_mb']) if p and 'peak_mb' in p else '-'} |"
             )
+    data = [r for r in results if r["kind"] == "data"]
+    if data:
+        lines += ["", "| data source | workers | samples/s |", "|---|---|---|"]
+        lines += [f"| {r['impl']} | {r['batch']} | {_fmt(r['samples_per_s']) if 'samples_per_s' in r else r.get('error')} |"
+                  for r in data]
     lines.append("")
     lines.append("| transformer forward (guided, batch 2B) | config | batch | dtype | GFLOP | TFLOP/s | % of matmul peak |")
     lines.append("|---|---|---|---|---|---|---|")
@@ -98,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["demo", "paper"], choices=["demo", "paper"])
     parser.add_argument("--kinds", nargs="+", default=["tokenizer", "train", "sample", "story"],
-                        choices=["tokenizer", "train", "sample", "story"])
+                        choices=["tokenizer", "train", "sample", "story", "data"])
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeat", type=int, default=2, help="timed repeats per case (best is kept)")
@@ -127,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
                     depth = paper_depth if config == "paper" else None
                     cases.append({"kind": kind, "impl": impl, "config": config, "batch": batch, "dtype": dtype,
                                   "depth": depth})
+    if "data" in args.kinds:
+        cases += [{"kind": "data", "impl": source, "config": "demo", "batch": workers, "dtype": "fp32"}
+                  for source, workers in DATA_SUITE]
     results = []
     for case in cases:
         case.update(device=args.device, repeat=args.repeat, peer=args.peer)

@@ -4,7 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
 
 from phenaki.config import load_config
 from phenaki.cvivit import CViViT

@@ -5,27 +5,13 @@ import torch
 from click.testing import CliRunner
 
 from phenaki.cli import sample_main
-from phenaki.config import SamplingConfig, TextConfig, TokenizerConfig, TransformerConfig
-from phenaki.cvivit import CViViT
-from phenaki.maskgit import MaskGit
 from phenaki.pipeline import Phenaki, PipelineError
-from phenaki.text import TextEncoder
 from phenaki.video import Video, read_video
 
 
 @pytest.fixture(scope="module")
-def pipeline_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    tok_cfg = TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
-                              quantizer="fsq", fsq_levels=[5, 5, 5])
-    text = TextEncoder.scratch(["a red ball moves right", "the blue box rises", "a green disc falls"],
-                               TextConfig(kind="scratch", dim=16, depth=1, heads=2, ff_dim=32, max_length=12))
-    transformer = MaskGit(TransformerConfig(dim=32, depth=1, heads=2, dim_head=16, max_token_frames=6,
-                                            codebook_size=125, token_grid=(8, 8), text_dim=16))
-    pipe = Phenaki(CViViT(tok_cfg), transformer, text, SamplingConfig(steps=2), device="cpu", dtype="float32")
-    path = tmp_path_factory.mktemp("pipe") / "model"
-    pipe.save_pretrained(path)
-    return path
+def pipeline_dir(tiny_pipeline_dir):
+    return tiny_pipeline_dir
 
 
 @pytest.fixture(scope="module")

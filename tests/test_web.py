@@ -14,13 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from phenaki.config import SamplingConfig, TextConfig, TokenizerConfig, TransformerConfig
-from phenaki.cvivit import CViViT
-from phenaki.maskgit import MaskGit
-from phenaki.pipeline import Phenaki
-from phenaki.text import TextEncoder
 from phenaki.video import read_video
 from phenaki.web import OutputStore, RequestError, WebLimits, parse_request
 
@@ -79,16 +73,8 @@ def test_output_folders_are_per_request_and_old_ones_go(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    torch.manual_seed(0)
-    tok_cfg = TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
-                              quantizer="fsq", fsq_levels=[5, 5, 5])
-    text = TextEncoder.scratch(["a red ball moves right", "the blue box rises", "a green disc falls"],
-                               TextConfig(kind="scratch", dim=16, depth=1, heads=2, ff_dim=32, max_length=12))
-    transformer = MaskGit(TransformerConfig(dim=32, depth=1, heads=2, dim_head=16, max_token_frames=6,
-                                            codebook_size=125, token_grid=(8, 8), text_dim=16))
-    pipe = Phenaki(CViViT(tok_cfg), transformer, text, SamplingConfig(steps=2), device="cpu", dtype="float32")
-    return pipe.save_pretrained(tmp_path_factory.mktemp("web") / "model")
+def tiny_model(tiny_pipeline_dir):
+    return tiny_pipeline_dir
 
 
 def _free_port() -> int:
