@@ -358,9 +358,13 @@ def web_main(**kw) -> None:
     limits = WebLimits(max_scenes=kw["max_scenes"], max_line_chars=kw["max_line_chars"],
                        max_total_frames=kw["max_frames"], max_steps=kw["max_steps"],
                        concurrency=kw["concurrency"], queue_size=kw["queue_size"], keep_outputs=kw["keep_outputs"])
-    click.echo(f"serving on http://{kw['host']}:{kw['port']} (Ctrl+C stops)")
+    click.echo("loading the model ...")
     try:
         serve(str(kw["checkpoint"]) if kw["checkpoint"] else None, host=kw["host"], port=kw["port"],
               device=kw["device"], dtype=kw["dtype"], output_dir=kw["output_dir"], limits=limits)
     except (PipelineError, CheckpointError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. the port is taken
+        raise click.ClickException(f"cannot serve on {kw['host']}:{kw['port']}: {exc}") from None
+    except (ValueError, RuntimeError) as exc:  # e.g. --device cuda without CUDA
         raise click.ClickException(str(exc)) from None

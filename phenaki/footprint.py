@@ -7,7 +7,9 @@ parameters, gradients and optimiser state divided by the number of processes)
 training at the configured batch size. The train scripts print it with `--dry-run`.
 
 Estimate (bytes): mixed-precision AdamW keeps fp32 parameters (4), fp32 gradients
-(4), two fp32 moments (8) and the fp32 EMA copy (4) per parameter. Activations per
+(4), two fp32 moments (8) and the fp32 EMA copy (4) per parameter; FSDP shards all
+but the EMA, which each process keeps whole. A frozen pretrained text encoder is
+counted in half precision, as it is loaded on a GPU. Activations per
 transformer layer follow Korthikanti et al. (2022), without recomputation:
 s * b * h * (34 + 5 * a * s / h) bytes for 16-bit activations (s tokens, b batch,
 h width, a heads); cross-attention adds its own s * b * h * (16 + 5 * a * L / h)
@@ -26,6 +28,7 @@ from .config import Config
 
 GIB = 2**30
 BYTES_PER_PARAM_TRAINED = 4 + 4 + 8 + 4  # fp32 master + grad + Adam moments + EMA
+EMA_BYTES_PER_PARAM = 4  # the EMA copy is kept whole on every process, also under FSDP
 
 
 @dataclass
@@ -45,7 +48,11 @@ class Footprint:
 
     def per_device(self, strategy: Literal["ddp", "fsdp"]) -> int:
         """Estimated bytes on each device under DDP or FSDP full shard."""
-        state = self.state_bytes if strategy == "ddp" else self.state_bytes // max(1, self.world_size)
+        if strategy == "ddp":
+            state = self.state_bytes
+        else:
+            ema = self.params * EMA_BYTES_PER_PARAM
+            state = (self.state_bytes - ema) // max(1, self.world_size) + ema
         return state + self.frozen_bytes + self.activation_bytes
 
     def lines(self) -> list[str]:

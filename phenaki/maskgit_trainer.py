@@ -180,11 +180,21 @@ def ensure_token_cache(config: Config, tokenizer_dir: Path, *, device: str = "cp
 
     cfg = config.train_maskgit
     path = Path(cfg.tokens_cache or Path(cfg.output_dir) / "tokens")
-    if (path / MANIFEST).is_file():
-        return path
     tokenizer = CViViT.from_pretrained(tokenizer_dir)
-    dataset = build_dataset(config.data, "train")
+    if (path / MANIFEST).is_file():
+        made_with = json.loads((path / MANIFEST).read_text()).get("tokenizer")
+        if made_with is not None and made_with != to_dict(tokenizer.config):
+            raise ValueError(f"the token cache {path} was made with a different tokenizer than {tokenizer_dir}: "
+                             "delete it (or set train_maskgit.tokens_cache elsewhere) to tokenise again")
+        return path
     autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
+    if config.data.kind == "shards":
+        from .token_cache import tokenize_shards
+
+        with tqdm(desc="tokenise", unit="sample") as bar:
+            return tokenize_shards(tokenizer, config.data.path, path, num_frames=config.data.num_frames,
+                                   fps=config.data.fps, device=device, autocast=autocast, progress=bar.update)
+    dataset = build_dataset(config.data, "train")
     items = min(cfg.cache_items or config.data.num_samples, len(dataset))
     with tqdm(total=items, desc="tokenise", unit="clip") as bar:
         tokenize_dataset(tokenizer, dataset, path, num_items=items, device=device, autocast=autocast,
@@ -208,6 +218,6 @@ def train_maskgit(config: Config, tokenizer_dir: str | Path | None = None, *, re
     state = PartialState(cpu=cpu_only())
     with state.main_process_first():
         cache = ensure_token_cache(config, tokenizer_dir, device=str(state.device))
-    dataset = TokenDataset(cache)
+    dataset = TokenDataset(cache, codebook_size=CViViT.load_config(tokenizer_dir).codebook_size)
     trainer = MaskGitTrainer(config, tokenizer_dir, training_captions(dataset), **kwargs)
     return trainer.fit(dataset, resume=resume, stop_at=stop_at)

@@ -64,10 +64,13 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         for key, value in model.state_dict().items():
+            shadow = self.shadow[key]
+            if shadow.device != value.device:  # the model moved (accelerate.prepare put it on the GPU)
+                shadow = self.shadow[key] = shadow.to(value.device)
             if key in self.param_names and value.is_floating_point():
-                self.shadow[key].lerp_(value.detach().float(), 1.0 - self.decay)
+                shadow.lerp_(value.detach().float(), 1.0 - self.decay)
             else:
-                self.shadow[key].copy_(value.detach())
+                shadow.copy_(value.detach())
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)
@@ -470,12 +473,16 @@ class Trainer(abc.ABC):
 def _rng_state() -> dict[str, Any]:
     """This process's torch and Python RNG state (what a resumed run must continue from)."""
     version, state, gauss = random.getstate()
-    return {"torch": torch.get_rng_state(), "python": list(state), "python_version": version,
-            "python_gauss": gauss}
+    rng = {"torch": torch.get_rng_state(), "python": list(state), "python_version": version, "python_gauss": gauss}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state()  # masks are drawn on the GPU there
+    return rng
 
 
 def _set_rng_state(rng: dict[str, Any]) -> None:
     torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"].cpu())
     random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
 
 

@@ -17,7 +17,10 @@ Safety and sharing:
 
 from __future__ import annotations
 
+import html
 import logging
+import math
+import re
 import shutil
 import tempfile
 import threading
@@ -83,21 +86,31 @@ def parse_request(story: str, seed: float, steps: float, guidance: float, scene_
             raise RequestError(f"Line {number} is {len(line.strip())} characters long; the limit is "
                                f"{limits.max_line_chars}.")
     try:
-        scenes = parse_story(text, "story")
+        scenes = parse_story(text, "line")
     except StoryError as exc:
-        raise RequestError(str(exc).replace("story:", "Line ", 1)) from None
+        message = str(exc)
+        raise RequestError(message[0].upper() + message[1:]) from None
     if len(scenes) > limits.max_scenes:
         raise RequestError(f"The story has {len(scenes)} scenes; this server allows at most {limits.max_scenes}.")
     if seed is None or not float(seed).is_integer() or not 0 <= seed <= limits.max_seed:
         raise RequestError(f"The seed must be a whole number from 0 to {limits.max_seed}.")
     if steps is None or not float(steps).is_integer() or not 1 <= steps <= limits.max_steps:
         raise RequestError(f"Steps must be a whole number from 1 to {limits.max_steps}.")
-    if guidance is None or not 0 <= guidance <= 50:
+    if guidance is None or not math.isfinite(guidance) or not 0 <= guidance <= 50:
         raise RequestError("Guidance must be between 0 and 50.")
-    if fps is None or not 1 <= fps <= 60:
+    if fps is None or not math.isfinite(fps) or not 1 <= fps <= 60:
         raise RequestError("Frames per second must be between 1 and 60.")
-    if scene_seconds is not None and scene_seconds <= 0:
-        raise RequestError("Scene length must be positive.")
+    if scene_seconds is not None and not (math.isfinite(scene_seconds) and scene_seconds > 0):
+        raise RequestError("Scene length must be a positive number of seconds.")
+    for number, scene in enumerate(scenes, start=1):
+        for key, value in scene.settings.items():
+            if not math.isfinite(float(value)):
+                raise RequestError(f"Scene {number}: {key} must be a finite number.")
+        if scene.settings.get("steps", 1) > limits.max_steps:
+            raise RequestError(f"Scene {number}: steps={scene.settings['steps']} is above this server's limit "
+                               f"of {limits.max_steps}.")
+        if scene.settings.get("guidance", 0) > 50 or scene.settings.get("temperature", 0) > 10:
+            raise RequestError(f"Scene {number}: guidance must be at most 50 and temperature at most 10.")
     # the frame budget: first scene + later scenes (per-line [frames=] / [seconds=] override)
     total = 0
     for index, scene in enumerate(scenes):
@@ -118,11 +131,20 @@ def parse_request(story: str, seed: float, steps: float, guidance: float, scene_
     return Request(scenes, int(seed), int(steps), float(guidance), scene_seconds, float(fps))
 
 
+REQUEST_DIR = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
+
+
 class OutputStore:
-    """Per-request folders under one root; the oldest are removed beyond `keep`."""
+    """Per-request folders in `<root>/phenaki-web/`; the oldest are removed beyond `keep`.
+
+    Only that subfolder is served and pruned, and only folders named like request
+    folders are ever deleted, so pointing `--output-dir` at a folder with other
+    files in it neither exposes nor removes them.
+    """
 
     def __init__(self, root: str | Path | None, keep: int) -> None:
-        self.root = Path(root) if root else Path(tempfile.mkdtemp(prefix="phenaki-web-"))
+        base = Path(root) if root else Path(tempfile.mkdtemp(prefix="phenaki-web-"))
+        self.root = base / "phenaki-web"
         self.root.mkdir(parents=True, exist_ok=True)
         self.keep = max(1, keep)
         self._lock = threading.Lock()
@@ -135,7 +157,8 @@ class OutputStore:
             return path
 
     def _prune(self) -> None:
-        folders = sorted((p for p in self.root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        folders = sorted((p for p in self.root.iterdir() if p.is_dir() and REQUEST_DIR.match(p.name)),
+                         key=lambda p: (p.stat().st_mtime, p.name))
         for old in folders[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -189,19 +212,20 @@ def build_app(service: StoryService, checkpoint: str) -> Any:
         try:
             request = service.request(story, seed, steps, guidance, scene_seconds, fps)
         except RequestError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(html.escape(str(exc)), print_exception=False) from None
         progress(0.0, desc="starting")
         try:
             files = service.generate(request, lambda fraction, text: progress(fraction, desc=text))
         except Exception as exc:  # noqa: BLE001 - the page gets one line, the log the details
             log.exception("generation failed")
-            raise gr.Error(f"Generation failed: {exc}", print_exception=False) from None
+            raise gr.Error(html.escape(f"Generation failed: {exc}"), print_exception=False) from None
         frames = files["frames"]
         summary = (f"{len(request.scenes)} scene(s), {frames} frames, {frames / request.fps:.2f} s at "
                    f"{request.fps:g} fps, seed {request.seed}")
         return str(files["mp4"]), [str(files["mp4"]), str(files["gif"]), str(files["json"])], summary
 
-    with gr.Blocks(title="Phenaki: story to video") as app:
+    # Gradio copies returned files into its cache: clear entries older than an hour, hourly
+    with gr.Blocks(title="Phenaki: story to video", delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# Phenaki: story to video\nOne scene per line; each scene continues the last. "
                     f"Model: `{checkpoint}`")
         with gr.Row():
@@ -210,7 +234,7 @@ def build_app(service: StoryService, checkpoint: str) -> Any:
                                    elem_id="story")
                 with gr.Row():
                     seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, elem_id="seed")
-                    steps = gr.Slider(1, limits.max_steps, value=s.steps, step=1, label="Steps", elem_id="steps")
+                    steps = gr.Slider(1, limits.max_steps, value=min(s.steps, limits.max_steps), step=1, label="Steps", elem_id="steps")
                 with gr.Row():
                     guidance = gr.Slider(0, 20, value=s.guidance, step=0.5, label="Guidance", elem_id="guidance")
                     scene_seconds = gr.Number(label="Scene length (s, later scenes; 0 = model default)", value=0,

@@ -46,6 +46,9 @@ def test_a_good_story_parses_with_its_settings():
     ("a red ball rises", {"seed": 1.5}, "seed must be a whole number"),
     ("a red ball rises", {"steps": 0}, "Steps must be a whole number from 1 to 32"),
     ("a red ball rises", {"fps": 0}, "Frames per second"),
+    ("a red ball rises [steps=1000]", {}, "Scene 1: steps=1000 is above this server's limit of 32"),
+    ("a red ball rises [seconds=inf]", {}, "Scene 1: seconds must be a finite number"),
+    ("a red ball rises", {"scene_seconds": float("nan")}, "Scene length must be a positive number"),
 ])
 def test_bad_requests_name_the_problem(story, kwargs, message):
     with pytest.raises(RequestError, match=message.replace("(", r"\(")):
@@ -59,6 +62,7 @@ def test_limits_are_configurable():
 
 
 def test_output_folders_are_per_request_and_old_ones_go(tmp_path):
+    (tmp_path / "out" / "phenaki-web" / "my-notes").mkdir(parents=True)  # not a request folder: kept
     store = OutputStore(tmp_path / "out", keep=3)
     folders = []
     for _ in range(5):
@@ -66,7 +70,8 @@ def test_output_folders_are_per_request_and_old_ones_go(tmp_path):
         (folders[-1] / "story.mp4").write_bytes(b"x")
         time.sleep(0.01)
     assert len(set(folders)) == 5
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(f.name for f in folders[-3:])
+    assert sorted(p.name for p in store.root.iterdir()) == sorted([f.name for f in folders[-3:]] + ["my-notes"])
+    assert store.root == tmp_path / "out" / "phenaki-web"
 
 
 # ----------------------------------------------------------------------------- browser
@@ -155,7 +160,7 @@ def test_browser_generates_a_two_scene_story(server, page, tmp_path):
     assert frames.shape[0] == 17 and fps == 8.0
     assert frames.shape[1:3] == (256, 256)  # 64x64 shown at 4x
     assert abs(duration - 17 / 8) < 0.2
-    sidecars = list(Path(out).glob("*/story.json"))
+    sidecars = list(Path(out).glob("phenaki-web/*/story.json"))
     assert len(sidecars) == 1
     meta = json.loads(sidecars[0].read_text())
     assert [s["prompt"] for s in meta["scenes"]] == ["a red ball moves right", "the blue box rises"]

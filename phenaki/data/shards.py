@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -33,7 +34,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..fileio import atomic_file
-from ..video import VideoError, read_video, resize_and_crop
+from ..video import VideoError, probe_video, read_video, resize_and_crop
 from .video_text import DatasetError, read_captions
 
 log = logging.getLogger(__name__)
@@ -90,41 +91,56 @@ def write_shards(root: str | Path, out_dir: str | Path, *, samples_per_shard: in
         raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
     root, out = Path(root), Path(out_dir)
     pairs = read_captions(root, captions)
+    if out.is_dir() and any(out.glob("shard-*.tar")):
+        raise DatasetError(f"{out} already holds shards: write into an empty folder (old shards would mix in)")
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     missing = 0
-    samples: list[dict[str, Any]] = []
+    current: tuple[Any, Any, Any] | None = None  # (atomic context, file, TarWriter) of the open shard
+    in_shard = 0
 
-    def flush() -> None:
-        path = out / SHARD_NAME.format(len(written))
-        with atomic_file(path) as tmp, open(tmp, "wb") as fh:
-            with wds.TarWriter(fh) as sink:
-                for sample in samples:
-                    sink.write(sample)
-        written.append(path)
-        samples.clear()
+    def close() -> None:
+        nonlocal current, in_shard
+        if current is not None:
+            ctx, fh, sink = current
+            sink.close()
+            fh.close()
+            ctx.__exit__(None, None, None)  # renames the finished shard into place
+            current, in_shard = None, 0
 
-    for index, (rel, caption) in enumerate(pairs):
-        path = root / rel
-        ext = path.suffix.lower().lstrip(".")
-        if not path.is_file():
-            missing += 1
-            log.warning("skipping %s: file not found", path)
-            continue
-        if ext not in VIDEO_EXTS + IMAGE_EXTS:
-            missing += 1
-            log.warning("skipping %s: not a video or image suffix", path)
-            continue
-        samples.append({
-            "__key__": f"{index:06d}",
-            ext: path.read_bytes(),
-            "txt": caption,
-            "json": json.dumps({"caption": caption, "source": rel}),
-        })
-        if len(samples) == samples_per_shard:
-            flush()
-    if samples:
-        flush()
+    try:
+        for index, (rel, caption) in enumerate(pairs):
+            path = root / rel
+            ext = path.suffix.lower().lstrip(".")
+            if not path.is_file() or ext not in VIDEO_EXTS + IMAGE_EXTS:
+                missing += 1
+                log.warning("skipping %s: %s", path, "file not found" if not path.is_file() else
+                            "not a video or image suffix")
+                continue
+            if current is None:
+                target = out / SHARD_NAME.format(len(written))
+                ctx = atomic_file(target)
+                tmp = ctx.__enter__()
+                fh = open(tmp, "wb")
+                current = (ctx, fh, wds.TarWriter(fh))
+                written.append(target)
+            current[2].write({  # one sample at a time: memory stays at one file
+                "__key__": f"{index:06d}",
+                ext: path.read_bytes(),
+                "txt": caption,
+                "json": json.dumps({"caption": caption, "source": rel}),
+            })
+            in_shard += 1
+            if in_shard == samples_per_shard:
+                close()
+        close()
+    except BaseException:
+        if current is not None:  # the unfinished shard is discarded, finished ones stay
+            ctx, fh, sink = current
+            fh.close()
+            ctx.__exit__(*sys.exc_info())
+            written.pop()
+        raise
     if missing:
         log.warning("%d of %d entries were skipped", missing, len(pairs))
     if not written:
@@ -176,15 +192,18 @@ class ShardDataset(IterableDataset):
         self.epochs = epochs
         self.start_epoch = 0
         self.skipped = 0  # corrupt samples skipped by this process (per worker copy)
+        # read in the main process: DataLoader workers (spawned ones too) inherit these
+        self.rank, self.world = _rank_world()
 
     def set_epoch(self, epoch: int) -> None:
         """Start from this epoch (a resumed run continues with a new shard order)."""
         self.start_epoch = epoch
+        self.rank, self.world = _rank_world()
 
     def _pipeline(self, epoch: int):
         import webdataset as wds
 
-        rank, world = _rank_world()
+        rank, world = self.rank, self.world
         if len(self.urls) < world:
             raise DatasetError(f"{len(self.urls)} shard(s) cannot feed {world} processes: write more shards")
         urls = list(self.urls)
@@ -196,6 +215,8 @@ class ShardDataset(IterableDataset):
                 log.warning("process %d has %d shard(s) for %d workers: some workers stay idle", rank, len(urls),
                             worker.num_workers)
             urls = urls[worker.id::worker.num_workers]
+        if not urls:
+            return []
         stream = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, workersplitter=None,
                                 handler=self._tar_error, empty_check=False)
         if self.shuffle_buffer > 1:
@@ -216,16 +237,14 @@ class ShardDataset(IterableDataset):
         with tempfile.NamedTemporaryFile(suffix=f".{ext}", dir=_scratch_dir()) as tmp:
             tmp.write(data)
             tmp.flush()
-            if is_image:
+            info = None if is_image else probe_video(tmp.name)
+            if info is None or info.num_frames <= 1:
                 frames, _ = read_video(tmp.name, num_frames=1)
-            else:
-                frames, _ = read_video(tmp.name, fps=self.fps)
-                if frames.shape[0] == 1:
-                    is_image = True
-                elif frames.shape[0] > self.num_frames:
-                    start = rng.randrange(frames.shape[0] - self.num_frames + 1)
-                    frames = frames[start:start + self.num_frames]
-                elif frames.shape[0] < self.num_frames:
+            else:  # pick the window first: only it is decoded
+                available = max(1, int(info.duration * self.fps + 1e-6)) if info.duration else self.num_frames
+                start = rng.randrange(available - self.num_frames + 1) if available > self.num_frames else 0
+                frames, _ = read_video(tmp.name, start=start, num_frames=self.num_frames, fps=self.fps)
+                if frames.shape[0] < self.num_frames:
                     pad = frames[-1:].expand(self.num_frames - frames.shape[0], -1, -1, -1)
                     frames = torch.cat([frames, pad])
         generator = torch.Generator().manual_seed(rng.randrange(2**31))
@@ -234,12 +253,15 @@ class ShardDataset(IterableDataset):
                 "context_frames": 0, "prev_caption": ""}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rank, _ = _rank_world()
+        rank = self.rank
         worker = get_worker_info()
         epoch = self.start_epoch
         while self.epochs is None or epoch < self.start_epoch + self.epochs:
             rng = random.Random((self.seed + epoch) * 7919 + rank * 31 + (worker.id if worker else 0))
+            produced = 0
+            urls_here = False
             for sample in self._pipeline(epoch):
+                urls_here = True
                 try:
                     item = self.decode(sample, rng)
                 except (VideoError, OSError, RuntimeError, ValueError, KeyError, UnicodeDecodeError) as exc:
@@ -249,7 +271,13 @@ class ShardDataset(IterableDataset):
                     continue
                 if item["video"].shape[0] == 1 and not self.images:
                     continue
+                produced += 1
                 yield item
+            if urls_here and produced == 0 and self.epochs is None:
+                raise DatasetError(f"process {rank}: a whole pass over its shards gave no usable sample "
+                                   f"({self.skipped} skipped as corrupt)")
+            if not urls_here and self.epochs is None:
+                return  # this worker has no shards: the others feed the loader
             epoch += 1
 
 
