@@ -1,37 +1,16 @@
-"""The tokenizers under test (ours and the peer's) at one config, with encode/decode callables."""
+"""Tokenizer encode / decode frames per second and peak memory, ours vs the peer.
 
-from __future__ import annotations
+    python bench/bench_tokenizer.py [--peer DIR] [--configs demo paper] [--dtypes fp32 bf16] [--json FILE]
 
-from typing import Any, Callable
+The same as `python -m bench --kinds tokenizer` (see bench/run.py for every option).
+"""
 
-import torch
+import sys
+from pathlib import Path
 
-from .common import import_peer, load
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.run import main  # noqa: E402
 
-def build(impl: str, config: str, peer: str | None) -> tuple[Any, Callable, Callable, torch.nn.Module]:
-    """(tokenizer config, encode(pixels) -> ids, decode(ids) -> pixels, the module)."""
-    tok = load(config).tokenizer
-    torch.manual_seed(0)
-    if impl == "ours":
-        from phenaki.cvivit import CViViT
-
-        model = CViViT(tok).eval()
-        return tok, model.encode, model.decode, model
-    import_peer(peer)  # type: ignore[arg-type]
-    from phenaki_pytorch.cvivit import CViViT as PeerCViViT
-
-    peer_model = PeerCViViT(
-        dim=tok.dim, codebook_size=tok.codebook_size, image_size=tok.image_size, patch_size=tok.patch_size,
-        temporal_patch_size=tok.temporal_patch_size, spatial_depth=tok.spatial_depth,
-        temporal_depth=tok.temporal_depth, dim_head=tok.dim_head, heads=tok.heads, use_vgg_and_gan=False,
-        lookup_free_quantization=False,
-    ).eval()
-
-    def encode(pixels: torch.Tensor) -> torch.Tensor:
-        return peer_model(pixels, return_only_codebook_ids=True)
-
-    def decode(ids: torch.Tensor) -> torch.Tensor:
-        return peer_model.decode_from_codebook_indices(ids)
-
-    return tok, encode, decode, peer_model
+if __name__ == "__main__":
+    main(["--kinds", 'tokenizer', *sys.argv[1:]])

@@ -8,11 +8,11 @@ the peer's through its `text_embeds` argument or a replaced `encode_texts`.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from .common import TEXT_LEN, best_of, load, peak_memory_mb
+from .common import TEXT_LEN, best_of, import_peer, load, peak_memory_mb
 
 SAMPLE_STEPS = 12
 GUIDANCE = 3.0
@@ -78,6 +78,34 @@ def _peer(cfg: Any, device: str, peer: str):
 
     model.encode_texts = encode_texts  # random embeddings in place of T5
     return model
+
+
+def build(impl: str, config: str, peer: str | None) -> tuple[Any, Callable, Callable, torch.nn.Module]:
+    """(tokenizer config, encode(pixels) -> ids, decode(ids) -> pixels, the module)."""
+    tok = load(config).tokenizer
+    torch.manual_seed(0)
+    if impl == "ours":
+        from phenaki.cvivit import CViViT
+
+        model = CViViT(tok).eval()
+        return tok, model.encode, model.decode, model
+    import_peer(peer)  # type: ignore[arg-type]
+    from phenaki_pytorch.cvivit import CViViT as PeerCViViT
+
+    peer_model = PeerCViViT(
+        dim=tok.dim, codebook_size=tok.codebook_size, image_size=tok.image_size, patch_size=tok.patch_size,
+        temporal_patch_size=tok.temporal_patch_size, spatial_depth=tok.spatial_depth,
+        temporal_depth=tok.temporal_depth, dim_head=tok.dim_head, heads=tok.heads, use_vgg_and_gan=False,
+        lookup_free_quantization=False,
+    ).eval()
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        return peer_model(pixels, return_only_codebook_ids=True)
+
+    def decode(ids: torch.Tensor) -> torch.Tensor:
+        return peer_model.decode_from_codebook_indices(ids)
+
+    return tok, encode, decode, peer_model
 
 
 # ----------------------------------------------------------------------------- cases
@@ -233,8 +261,6 @@ def matmul_peak(impl: str, config: str, batch: int, dtype: str, device: str, rep
 def tokenizer(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
               peer: str | None = None, depth: int | None = None) -> dict[str, Any]:
     """Tokenizer encode / decode frames per second."""
-    from .bench_tokenizer import build
-
     cfg = load(config)
     tok, encode, decode, model = build(impl, config, peer)
     model.to(device)
