@@ -25,7 +25,6 @@ import logging
 import os
 import random
 import re
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -94,53 +93,28 @@ def write_shards(root: str | Path, out_dir: str | Path, *, samples_per_shard: in
     if out.is_dir() and any(out.glob("shard-*.tar")):
         raise DatasetError(f"{out} already holds shards: write into an empty folder (old shards would mix in)")
     out.mkdir(parents=True, exist_ok=True)
+    entries = []  # (key index, path, suffix, caption, relative path) of the files that can be packed
+    for index, (rel, caption) in enumerate(pairs):
+        path = root / rel
+        ext = path.suffix.lower().lstrip(".")
+        if not path.is_file() or ext not in VIDEO_EXTS + IMAGE_EXTS:
+            log.warning("skipping %s: %s", path, "not a video or image suffix" if path.is_file() else "file not found")
+            continue
+        entries.append((index, path, ext, caption, rel))
+    missing = len(pairs) - len(entries)
     written: list[Path] = []
-    missing = 0
-    current: tuple[Any, Any, Any] | None = None  # (atomic context, file, TarWriter) of the open shard
-    in_shard = 0
-
-    def close() -> None:
-        nonlocal current, in_shard
-        if current is not None:
-            ctx, fh, sink = current
-            sink.close()
-            fh.close()
-            ctx.__exit__(None, None, None)  # renames the finished shard into place
-            current, in_shard = None, 0
-
-    try:
-        for index, (rel, caption) in enumerate(pairs):
-            path = root / rel
-            ext = path.suffix.lower().lstrip(".")
-            if not path.is_file() or ext not in VIDEO_EXTS + IMAGE_EXTS:
-                missing += 1
-                log.warning("skipping %s: %s", path, "file not found" if not path.is_file() else
-                            "not a video or image suffix")
-                continue
-            if current is None:
-                target = out / SHARD_NAME.format(len(written))
-                ctx = atomic_file(target)
-                tmp = ctx.__enter__()
-                fh = open(tmp, "wb")
-                current = (ctx, fh, wds.TarWriter(fh))
-                written.append(target)
-            current[2].write({  # one sample at a time: memory stays at one file
-                "__key__": f"{index:06d}",
-                ext: path.read_bytes(),
-                "txt": caption,
-                "json": json.dumps({"caption": caption, "source": rel}),
-            })
-            in_shard += 1
-            if in_shard == samples_per_shard:
-                close()
-        close()
-    except BaseException:
-        if current is not None:  # the unfinished shard is discarded, finished ones stay
-            ctx, fh, sink = current
-            fh.close()
-            ctx.__exit__(*sys.exc_info())
-            written.pop()
-        raise
+    for first in range(0, len(entries), samples_per_shard):
+        target = out / SHARD_NAME.format(len(written))
+        # renamed into place only when complete; samples are streamed in one file at a time
+        with atomic_file(target) as tmp, open(tmp, "wb") as fh, wds.TarWriter(fh) as sink:
+            for index, path, ext, caption, rel in entries[first:first + samples_per_shard]:
+                sink.write({
+                    "__key__": f"{index:06d}",
+                    ext: path.read_bytes(),
+                    "txt": caption,
+                    "json": json.dumps({"caption": caption, "source": rel}),
+                })
+        written.append(target)
     if missing:
         log.warning("%d of %d entries were skipped", missing, len(pairs))
     if not written:
