@@ -125,12 +125,12 @@ class Attention(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
         q, k, v = rearrange(self.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         out = F.scaled_dot_product_attention(
-            q, k, v, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
         )
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
@@ -160,8 +160,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim)
         self.mlp = SwiGLU(dim, mult, dropout)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope)
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -177,11 +177,20 @@ class Transformer(nn.Module):
         self.rotary = Rotary(c.dim_head) if causal else None
         self.norm = nn.LayerNorm(c.dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         rope = self.rotary(x.shape[1], x.device) if self.rotary is not None else None
         for layer in self.layers:
-            x = layer(x, rope)
+            x = layer(x, rope, mask)
         return self.norm(x)
+
+
+def spatial_window_mask(grid_h: int, grid_w: int, radius: int) -> Tensor:
+    """Bool [N, N] (N = grid_h * grid_w, row-major): True where two tokens are within `radius` rows and columns."""
+    rows = torch.arange(grid_h).repeat_interleave(grid_w)
+    cols = torch.arange(grid_w).repeat(grid_h)
+    near_rows = (rows[:, None] - rows[None, :]).abs() <= radius
+    near_cols = (cols[:, None] - cols[None, :]).abs() <= radius
+    return near_rows & near_cols
 
 
 class SpatioTemporal(nn.Module):
@@ -189,6 +198,10 @@ class SpatioTemporal(nn.Module):
 
     Spatial positions are a learned table initialised with 2-D sine/cosine; temporal
     positions are rotary (relative), so there is no maximum number of token-frames.
+    With `spatial_window` r > 0 a token attends only to tokens at most r rows and r
+    columns away, so a code describes its own neighbourhood: a patch of background far
+    from the object gets the same code wherever the object is, which is what keeps the
+    token distribution simple for the generator.
     """
 
     def __init__(self, config: TokenizerConfig, spatial_first: bool) -> None:
@@ -198,11 +211,13 @@ class SpatioTemporal(nn.Module):
         self.spatial_pos = nn.Parameter(sincos_2d(grid_h, grid_w, config.dim))
         self.spatial = Transformer(config, config.spatial_depth, causal=False)
         self.temporal = Transformer(config, config.temporal_depth, causal=True)
+        window = spatial_window_mask(grid_h, grid_w, config.spatial_window) if config.spatial_window else None
+        self.register_buffer("window", window, persistent=False)
 
     def _spatial(self, x: Tensor) -> Tensor:
         b, h = x.shape[0], x.shape[2]
         x = rearrange(x, "b t h w d -> (b t) (h w) d") + self.spatial_pos.to(x.dtype)
-        return rearrange(self.spatial(x), "(b t) (h w) d -> b t h w d", b=b, h=h)
+        return rearrange(self.spatial(x, self.window), "(b t) (h w) d -> b t h w d", b=b, h=h)
 
     def _temporal(self, x: Tensor) -> Tensor:
         b, h = x.shape[0], x.shape[2]
@@ -424,16 +439,35 @@ class CViViT(nn.Module, PretrainedMixin):
         ids = rearrange(ids, "b (t h w) -> b t h w", t=t, h=h)
         return quantized, ids, loss
 
+    def _latents(self, ids: Tensor) -> Tensor:
+        """ids [B, T', H', W'] -> quantized latents [B, T', H', W', D] in the decoder's dtype."""
+        t, h = ids.shape[1], ids.shape[2]
+        flat = self.quantizer.latents_from_ids(rearrange(ids.long(), "b t h w -> b (t h w)"))
+        return rearrange(flat, "b (t h w) d -> b t h w d", t=t, h=h).to(self.first_head.weight.dtype)
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """Everything that decides the ids: freeze these to fine-tune only the decoder."""
+        return [self.first_embed, self.tubelet_embed, self.encoder, self.quantizer]
+
     def _decode_latents(self, quantized: Tensor) -> Tensor:
         return self._unembed(self.decoder(quantized))
 
     # -- public API ----------------------------------------------------------
 
-    def forward(self, pixels: Tensor) -> CViViTOutput:
-        """Training pass: reconstruction, ids and quantizer loss (VQ codebooks update in train mode)."""
+    def forward(self, pixels: Tensor, frozen_encoder: bool = False) -> CViViTOutput:
+        """Training pass: reconstruction, ids and quantizer loss (VQ codebooks update in train mode).
+
+        `frozen_encoder`: the ids come from `encode` (no gradient, codebook untouched) and only
+        the decoder learns, so ids cached or generated for this tokenizer keep their meaning.
+        """
         self._check_pixels(pixels)
-        quantized, ids, loss = self._quantize(self.encoder(self._embed(pixels)))
-        recon = self._decode_latents(quantized)
+        if frozen_encoder:
+            ids = self.encode(pixels)
+            recon = self._decode_latents(self._latents(ids))
+            loss = recon.new_zeros((), dtype=torch.float32)
+        else:
+            quantized, ids, loss = self._quantize(self.encoder(self._embed(pixels)))
+            recon = self._decode_latents(quantized)
         with torch.no_grad():  # no host sync: the ids come from the quantizer, so in range
             counts = code_histogram(ids, self.codebook_size, validate=False)
         return CViViTOutput(recon, ids, loss, usage_from_counts(counts), perplexity_from_counts(counts))
@@ -455,11 +489,8 @@ class CViViT(nn.Module, PretrainedMixin):
     def decode(self, ids: Tensor) -> Tensor:
         """ids [B, T', H', W'] -> pixels [B, C, 1 + pt*(T'-1), H, W] clamped to [0, 1]."""
         self._check_ids(ids)
-        t, h = ids.shape[1], ids.shape[2]
         with eval_mode(self):
-            flat = self.quantizer.latents_from_ids(rearrange(ids.long(), "b t h w -> b (t h w)"))
-            latents = rearrange(flat, "b (t h w) d -> b t h w d", t=t, h=h)
-            recon = self._decode_latents(latents.to(self.first_head.weight.dtype))
+            recon = self._decode_latents(self._latents(ids))
         # float32 out even under bf16 autocast: callers write videos and compute metrics
         return recon.to(self.first_head.weight.dtype).clamp(0, 1)
 

@@ -83,7 +83,7 @@ class MaskGitTrainer(Trainer):
         optimizer = self.make_optimizer([p for p in objective.parameters() if p.requires_grad], cfg.lr)
         self.ema = EMA(objective, cfg.ema_decay)
         self.ema_objective = copy.deepcopy(objective).requires_grad_(False).eval()
-        objective, optimizer = self.accelerator.prepare(objective, optimizer)
+        objective, optimizer = self.prepare(objective, optimizer)
         self.modules[self.name] = objective
         self.optimizers[self.name] = optimizer
         self.schedulers[self.name] = self.make_scheduler(optimizer)

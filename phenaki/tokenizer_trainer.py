@@ -34,8 +34,11 @@ class TokenizerTrainer(Trainer):
     def __init__(self, config: Config, **kwargs: Any) -> None:
         super().__init__(config, config.train_tokenizer, **kwargs)
         cfg = self.train_cfg
-        model = CViViT(config.tokenizer)
-        optimizer = self.make_optimizer(list(model.parameters()), cfg.lr)
+        model = self._initial_model(config)
+        if cfg.decoder_only:
+            for module in model.encoder_modules():
+                module.requires_grad_(False)
+        optimizer = self.make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.lr)
         discriminator = None
         if cfg.adversarial_weight > 0:
             discriminator = build_discriminator("frame", channels=config.tokenizer.channels)
@@ -45,7 +48,7 @@ class TokenizerTrainer(Trainer):
         self.loss = TokenizerLoss.from_config(cfg, discriminator=discriminator, perceptual=perceptual)
         self.ema = EMA(model, cfg.ema_decay)
         self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
-        model, optimizer = self.accelerator.prepare(model, optimizer)
+        model, optimizer = self.prepare(model, optimizer)
         self.modules[self.name] = model
         self.optimizers[self.name] = optimizer
         self.schedulers[self.name] = self.make_scheduler(optimizer)
@@ -58,6 +61,21 @@ class TokenizerTrainer(Trainer):
         self._last: tuple[torch.Tensor, torch.Tensor] | None = None
         self._preview_pixels: torch.Tensor | None = None
 
+    @staticmethod
+    def _initial_model(config: Config) -> CViViT:
+        """A fresh tokenizer, or (`init_from`) a trained one whose architecture becomes the config's."""
+        init_from = config.train_tokenizer.init_from
+        if init_from is None:
+            if config.train_tokenizer.decoder_only:
+                raise ValueError("train_tokenizer.decoder_only needs train_tokenizer.init_from: "
+                                 "a trained tokenizer whose encoder stays frozen")
+            return CViViT(config.tokenizer)
+        model = CViViT.from_pretrained(init_from)
+        if model.config != config.tokenizer:
+            log.info("tokenizer architecture taken from %s (init_from), not from the config", init_from)
+            config.tokenizer = model.config
+        return model
+
     @property
     def unwrapped(self) -> CViViT:
         return self.accelerator.unwrap_model(self.modules[self.name])
@@ -69,7 +87,7 @@ class TokenizerTrainer(Trainer):
         metrics: dict[str, float] = {}
         for group, share in zip(batch, group_shares(batch)):
             pixels = frames_to_pixels(group["video"]).to(self.device, non_blocking=True)
-            out = model(pixels)
+            out = model(pixels, frozen_encoder=self.train_cfg.decoder_only)
             terms = self.loss.generator_loss(
                 out.recon, pixels, out.quantizer_loss, step, last_layer=self.unwrapped.last_layer_weights
             )

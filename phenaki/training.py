@@ -250,6 +250,15 @@ class Trainer(abc.ABC):
         self._metrics_file = self.output_dir / "metrics.jsonl"
 
     # ------------------------------------------------------------------ setup
+    def prepare(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """accelerate's prepare, then torch.compile when the config asks: in place (`Module.compile`),
+        so state-dict keys, EMA and checkpoints stay those of the plain module; and per trainer,
+        not through the accelerator's process-wide dynamo setting."""
+        model, optimizer = self.accelerator.prepare(model, optimizer)
+        if self.train_cfg.compile:
+            model.compile()
+        return model, optimizer
+
     @property
     def device(self) -> torch.device:
         return self.accelerator.device

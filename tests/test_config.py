@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from phenaki.config import Config, ConfigError, TokenizerConfig, from_dict, load_config, to_dict
+from phenaki.training import parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,6 +47,15 @@ def test_wrong_types_are_errors():
         from_dict(Config, {"tokenizer": {"quantizer": "pq"}})
     with pytest.raises(ConfigError, match="true/false"):
         from_dict(Config, {"tokenizer": {"use_cosine_sim": "yes"}})
+    with pytest.raises(ConfigError, match="train_tokenizer.lr: expected a number, got 'fast'"):
+        from_dict(Config, {"train_tokenizer": {"lr": "fast"}})
+
+
+def test_exponent_without_a_dot_is_a_number():
+    """YAML 1.1 (PyYAML) reads `lr: 5e-4` as the string '5e-4': it still means 0.0005."""
+    assert from_dict(Config, {"train_tokenizer": {"lr": "5e-4"}}).train_tokenizer.lr == 5e-4
+    config = load_config(ROOT / "configs" / "shapes_demo.yaml", parse_overrides(("train_maskgit.lr=2e-4",)))
+    assert config.train_maskgit.lr == 2e-4
 
 
 def test_invariants_checked():

@@ -144,6 +144,46 @@ def test_changing_the_last_frame_changes_no_earlier_token() -> None:
     assert not torch.equal(lat_a[:, -1], lat_b[:, -1])
 
 
+def test_spatial_window_keeps_codes_local() -> None:
+    """With window r and depth L, a change in one patch reaches only tokens within r * L of it.
+
+    Measured on the continuous latents (ids could hide a change behind rounding), for the
+    encoder and, through the decoder, on the pixels; and the whole-frame model does spread it.
+    """
+    grid = 8  # 32x32 frames, 4-px patches
+    windowed = make_model(image_size=(32, 32), spatial_window=1, spatial_depth=2)
+    whole = make_model(image_size=(32, 32), spatial_depth=2)
+    v = video(frames=5, size=32)
+    changed = v.clone()
+    changed[:, :, :, :4, :4] = torch.rand(2, 3, 5, 4, 4)  # the top-left patch only
+    reach = 1 * 2  # radius x spatial depth
+    with torch.no_grad():
+        for model, local in ((windowed, True), (whole, False)):
+            moved = (model.encoder(model._embed(v)) - model.encoder(model._embed(changed))).abs().amax(dim=(0, 1, 4))
+            far = moved.clone()
+            far[: reach + 1, : reach + 1] = 0
+            assert moved[0, 0] > 0
+            assert (far == 0).all() == local, f"spatial_window={model.config.spatial_window}"
+    latents = torch.randn(1, 3, grid, grid, 32)
+    bumped = latents.clone()
+    bumped[:, :, 0, 0] += 1.0
+    with torch.no_grad():
+        diff = (windowed._decode_latents(latents) - windowed._decode_latents(bumped)).abs().amax(dim=(0, 1, 2))
+    assert diff[: 4 * (reach + 1), : 4 * (reach + 1)].max() > 0
+    assert diff[4 * (reach + 1):].max() == 0 and diff[:, 4 * (reach + 1):].max() == 0
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_windowed_tokenizer_is_still_causal(quantizer: str) -> None:
+    model = make_model(quantizer=quantizer, spatial_window=1)
+    v = video(frames=11)
+    full = model.encode(v)
+    for k in range(6):
+        assert torch.equal(model.encode(v[:, :, : 1 + PT * k]), full[:, : 1 + k]), f"prefix k={k}"
+    decoded = model.decode(full)
+    torch.testing.assert_close(model.decode(full[:, :3]), decoded[:, :, : 1 + PT * 2], rtol=0, atol=1e-5)
+
+
 def test_decoder_is_causal() -> None:
     model = make_model()
     ids = model.encode(video(frames=11))
@@ -249,6 +289,8 @@ def test_bad_config_is_rejected() -> None:
         make_model(dim_head=15)
     with pytest.raises(ConfigError, match="fsq_levels"):
         make_model(quantizer="fsq", fsq_levels=[2, 4])
+    with pytest.raises(ConfigError, match="spatial_window"):
+        make_model(spatial_window=-1)
 
 
 # ----------------------------------------------------------------------------- checkpoints

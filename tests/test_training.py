@@ -57,6 +57,47 @@ def test_run_writes_metrics_previews_and_checkpoints(tmp_path):
     assert any("val_psnr" in r and "val_ssim" in r and "val_usage" in r for r in records)
 
 
+def test_compile_option_compiles_the_trained_module(tmp_path):
+    """`compile: true` hands the model to torch.compile (through accelerate); off, nothing is compiled."""
+    from phenaki.tokenizer_trainer import TokenizerTrainer
+
+    plain = TokenizerTrainer(tiny_config(tmp_path / "plain"), progress=False)
+    compiled = TokenizerTrainer(tiny_config(tmp_path / "compiled", compile=True), progress=False)
+    assert plain.modules["tokenizer"]._compiled_call_impl is None
+    assert compiled.modules["tokenizer"]._compiled_call_impl is not None
+    assert isinstance(compiled.modules["tokenizer"], CViViT)  # compiled in place: same module, same keys
+
+
+@pytest.mark.slow
+def test_compiled_training_runs_and_exports(tmp_path):
+    config = tiny_config(tmp_path / "run", quantizer="lfq", steps=2, compile=True)
+    config.data.image_prob = 0.0  # one clip shape: one compile
+    final = train_tokenizer(config, progress=False)
+    CViViT.from_pretrained(final)
+
+
+def test_decoder_only_fine_tuning_keeps_every_id(tmp_path):
+    """Starting from a trained tokenizer with a frozen encoder: same ids, a different decoder."""
+    first = train_tokenizer(tiny_config(tmp_path / "first", quantizer="vq"), progress=False)
+    config = tiny_config(tmp_path / "tuned", quantizer="vq", init_from=str(first), decoder_only=True, lr=1e-2)
+    config.tokenizer.dim = 64  # ignored: the architecture comes from init_from
+    tuned = train_tokenizer(config, progress=False)
+    before, after = CViViT.from_pretrained(first), CViViT.from_pretrained(tuned)
+    assert after.config == before.config
+    pixels = torch.rand(2, 3, 5, 64, 64)
+    assert torch.equal(before.encode(pixels), after.encode(pixels))  # VQ codebook and encoder untouched
+    for module in ("first_embed", "tubelet_embed", "encoder", "quantizer"):
+        for (name, a), (_, b) in zip(getattr(before, module).state_dict().items(),
+                                     getattr(after, module).state_dict().items()):
+            assert torch.equal(a, b), f"{module}.{name} changed"
+    assert not torch.equal(before.tubelet_head.weight, after.tubelet_head.weight)
+
+
+def test_decoder_only_needs_a_trained_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match="init_from"):
+        train_tokenizer(tiny_config(tmp_path / "x", decoder_only=True), progress=False)
+
+
 def test_resume_rejects_a_non_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         train_tokenizer(tiny_config(tmp_path / "c"), resume=str(tmp_path), progress=False)
