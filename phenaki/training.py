@@ -53,7 +53,10 @@ class EMA:
     """Exponential moving average of a model's parameters (fp32 shadow copy).
 
     Buffers (e.g. codebooks updated by EMA inside the quantizer) are copied as they
-    are, since averaging them again would double-smooth them.
+    are, since averaging them again would double-smooth them. Given the update's
+    number, the decay warms up as min(decay, (1 + n) / (10 + n)): without it, after
+    n updates a share decay**n of the average is still the random initialisation
+    (37% after 1000 steps at 0.999), which spoils previews and short runs.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -61,14 +64,19 @@ class EMA:
         self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
         self.param_names = {name for name, _ in model.named_parameters()}
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay for update number `step` (0-based); None: the configured decay."""
+        return self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
+        decay = self.decay_at(step)
         for key, value in model.state_dict().items():
             shadow = self.shadow[key]
             if shadow.device != value.device:  # the model moved (accelerate.prepare put it on the GPU)
                 shadow = self.shadow[key] = shadow.to(value.device)
             if key in self.param_names and value.is_floating_point():
-                shadow.lerp_(value.detach().float(), 1.0 - self.decay)
+                shadow.lerp_(value.detach().float(), 1.0 - decay)
             else:
                 shadow.copy_(value.detach())
 
@@ -451,7 +459,7 @@ class Trainer(abc.ABC):
             self.schedulers[self.name].step()
             optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
-                self.ema.update(self.accelerator.unwrap_model(model))
+                self.ema.update(self.accelerator.unwrap_model(model), self.step)
             self.after_optimizer_step()
             self.step += 1
             bar.update(1)

@@ -121,6 +121,18 @@ def test_ema_tracks_parameters_and_copies_buffers():
     assert torch.allclose(ema.shadow["running_mean"], torch.full((3,), 7.0))
 
 
+def test_ema_warms_up_so_early_averages_forget_the_initialisation():
+    model = torch.nn.Linear(2, 2, bias=False)
+    ema = EMA(model, decay=0.999)
+    assert ema.decay_at(0) == pytest.approx(0.1) and ema.decay_at(10_000) == 0.999 and ema.decay_at(None) == 0.999
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    for step in range(1000):
+        ema.update(model, step)
+    # plain 0.999 would still hold 0.999**1000 = 37% of the initial weights here
+    assert torch.allclose(ema.shadow["weight"], torch.ones(2, 2), atol=0.02)
+
+
 def test_sampler_shards_are_disjoint_and_resumable():
     ranks = [list(itertools.islice(iter(ResumableSampler(10, seed=1, rank=r, world=2)), 5)) for r in range(2)]
     assert sorted(ranks[0] + ranks[1]) == list(range(10))
