@@ -112,3 +112,36 @@ def evaluate_tokenizer(
         encode_fps=clips * frames / max(encode_s, 1e-9),
         decode_fps=clips * frames / max(decode_s, 1e-9),
     )
+
+
+@dataclass
+class _Story:
+    frames: torch.Tensor  # uint8 [T, H, W, 3]
+    scenes: list
+
+
+class TokenizerCeiling:
+    """Stands in for a pipeline in `judge.evaluate_shapes`: each story's ground-truth render,
+    passed through the tokenizer (encode, then decode).
+
+    Whatever the judge rejects here, the tokenizer cannot draw, so these rates are the most
+    any generator on this tokenizer can score. Scene lengths follow the pipeline's defaults.
+    """
+
+    def __init__(self, tokenizer: CViViT, *, first_frames: int = 11, scene_frames: int = 6,
+                 autocast: torch.dtype | None = None) -> None:
+        self.tokenizer = tokenizer.eval()
+        self.first_frames, self.scene_frames = first_frames, scene_frames
+        self.autocast = autocast
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seed: int = 0, **_: object) -> _Story:
+        from .data.shapes import render_story
+        from .training import pixels_to_frames
+
+        story = render_story(tuple(prompts), seed=seed, first_frames=self.first_frames, scene_frames=self.scene_frames)
+        device = self.tokenizer.first_head.weight.device
+        pixels = frames_to_pixels(story.frames[None]).to(device)
+        with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            recon = self.tokenizer.decode(self.tokenizer.encode(pixels))
+        return _Story(frames=pixels_to_frames(recon)[0], scenes=list(story.scenes))

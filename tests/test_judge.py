@@ -390,3 +390,32 @@ def test_cli_with_a_real_tiny_pipeline(tmp_path):
     data = json.loads(out.read_text())
     assert data["summary"]["all"]["scenes"] == 6 and data["summary"]["heldout"]["stories"] == 1
     assert [len(s["scenes"]) for s in data["stories_detail"]] == [3, 3]
+
+    # the same stories, judged on the tokenizer's reconstructions of their true renders
+    ceiling_out = tmp_path / "ceiling.json"
+    result = CliRunner().invoke(eval_main, ["shapes", "--checkpoint", str(tmp_path / "model"), "--stories", "2",
+                                            "--config", "configs/shapes_demo.yaml", "--tokenizer-ceiling",
+                                            "--device", "cpu", "--json", str(ceiling_out)])
+    assert result.exit_code == 0, result.output
+    ceiling = json.loads(ceiling_out.read_text())
+    assert ceiling["tokenizer_ceiling"] is True and not data["tokenizer_ceiling"]
+    assert [s["prompts"] for s in ceiling["stories_detail"]] == [s["prompts"] for s in data["stories_detail"]]
+
+
+def test_tokenizer_ceiling_judges_reconstructions_of_the_true_render():
+    from phenaki.config import TokenizerConfig
+    from phenaki.cvivit import CViViT
+    from phenaki.data.shapes import render_story
+    from phenaki.evaluation import TokenizerCeiling
+    from phenaki.training import frames_to_pixels, pixels_to_frames
+
+    torch.manual_seed(0)
+    tokenizer = CViViT(TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
+                                       quantizer="fsq", fsq_levels=[5, 5, 5]))
+    prompts = ["a red ball moves right", "the blue ball rises"]
+    story = TokenizerCeiling(tokenizer).generate(prompts, seed=4)
+    truth = render_story(tuple(prompts), seed=4)
+    assert [(s.prompt, s.start, s.end) for s in story.scenes] == [(s.prompt, s.start, s.end) for s in truth.scenes]
+    expected = pixels_to_frames(tokenizer.decode(tokenizer.encode(frames_to_pixels(truth.frames[None]))))[0]
+    assert story.frames.shape == (17, 64, 64, 3) and torch.equal(story.frames, expected)
+    assert not torch.equal(story.frames, truth.frames)  # an untrained tokenizer really is in the way
