@@ -20,6 +20,7 @@ depend on the precision of the surrounding network.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from typing import NamedTuple
@@ -265,7 +266,11 @@ class CodebookQuantizer(nn.Module):
 
             if any(level < 3 for level in c.fsq_levels):
                 raise ConfigError(f"tokenizer.fsq_levels must all be >= 3, got {c.fsq_levels}")
-            return FSQ(levels=list(c.fsq_levels), dim=c.dim)
+            # FSQ computes its implicit codebook when built, which a meta-device build
+            # (parameter estimates, phenaki.footprint) cannot do: build that one on the CPU
+            on_meta = torch.empty(0).device.type == "meta"
+            with torch.device("cpu") if on_meta else contextlib.nullcontext():
+                return FSQ(levels=list(c.fsq_levels), dim=c.dim)
         if self.kind == "lfq":
             from vector_quantize_pytorch import LFQ
 

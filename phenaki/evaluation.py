@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from .cvivit import CViViT
 from .metrics import bits_per_pixel, code_histogram, perplexity_from_counts, psnr, ssim
-from .training import collate_clips, frames_to_pixels
+from .training import collate_clips, frames_to_pixels, pixels_to_frames
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,6 @@ class TokenizerCeiling:
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, **_: object) -> _Story:
         from .data.shapes import render_story
-        from .training import pixels_to_frames
 
         story = render_story(tuple(prompts), seed=seed, first_frames=self.first_frames, scene_frames=self.scene_frames)
         device = self.tokenizer.first_head.weight.device
