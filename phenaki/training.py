@@ -413,6 +413,20 @@ class Trainer(abc.ABC):
     def export(self, path: Path) -> Path:
         """Write the final model (EMA weights) as a `from_pretrained` directory."""
 
+    def _check_extension(self, ckpt: Path) -> None:
+        """Resuming with more steps extends a run; with fewer than already done it is a mistake.
+
+        The LR schedule is a function of `train.steps`, so an extended run goes on from the
+        cosine's value at step k of the new total (a warm restart), not where it stopped.
+        """
+        total = self.train_cfg.steps
+        if self.step > total:
+            raise ValueError(f"{ckpt} is at step {self.step}, beyond train.steps={total}: "
+                             f"raise the steps (e.g. --set train_{self.name}.steps=N) to extend the run")
+        if self.step < total:
+            factor = lr_factor(self.step, self.train_cfg.warmup_steps, total, self.train_cfg.min_lr_ratio)
+            log.info("resuming at step %d of %d: learning rate %.3g", self.step, total, self.train_cfg.lr * factor)
+
     def fit(self, dataset: Dataset, resume: str | None = None, stop_at: int | None = None) -> Path:
         """Train to `train.steps`, checkpointing, previewing and logging on the way.
 
@@ -427,6 +441,7 @@ class Trainer(abc.ABC):
             ckpt = find_checkpoint(self.output_dir, resume)
             if ckpt is not None:
                 self.load_checkpoint(ckpt)
+                self._check_extension(ckpt)
             else:
                 log.info("no checkpoint to resume in %s; starting fresh", self.output_dir)
         model = self.modules[self.name]

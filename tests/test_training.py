@@ -43,6 +43,27 @@ def test_resume_continues_exactly(tmp_path):
     assert any(not torch.equal(fresh[k], a[k]) for k in a)
 
 
+def test_resume_with_more_steps_extends_a_finished_run(tmp_path):
+    train_tokenizer(tiny_config(tmp_path), progress=False)
+    config = tiny_config(tmp_path, steps=6)
+    final = train_tokenizer(config, resume="latest", progress=False)
+    records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    # the schedule is the new run's: at step 5 of 6, not the floor where the 4-step run ended
+    cfg = config.train_tokenizer
+    assert records[3]["lr"] == pytest.approx(cfg.lr * cfg.min_lr_ratio, abs=1e-6)  # logged to 6 decimals
+    assert records[4]["lr"] == pytest.approx(cfg.lr * lr_factor(5, cfg.warmup_steps, 6, cfg.min_lr_ratio), abs=1e-6)  # logged to 6 decimals
+    assert records[4]["lr"] > records[3]["lr"]
+    assert (final / "model.safetensors").is_file()
+    assert (tmp_path / "checkpoints" / "step-0000006").is_dir()
+
+
+def test_resume_with_fewer_steps_than_done_is_an_error(tmp_path):
+    train_tokenizer(tiny_config(tmp_path), progress=False)
+    with pytest.raises(ValueError, match=r"step 4, beyond train.steps=3.*train_tokenizer.steps"):
+        train_tokenizer(tiny_config(tmp_path, steps=3), resume="latest", progress=False)
+
+
 def test_run_writes_metrics_previews_and_checkpoints(tmp_path):
     config = tiny_config(tmp_path / "run", quantizer="fsq", preview_every=2, keep_checkpoints=1)
     config.tokenizer.fsq_levels = [4, 4, 4]
