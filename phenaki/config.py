@@ -232,6 +232,7 @@ class SamplingConfig:
     guidance: float = 3.0
     guidance_ramp: bool = False
     temperature: float = 1.0
+    choice_temperature: float | None = None  # confidence-noise scale; None = temperature
     schedule: str = "cosine"
     top_k: int | None = None
     top_p: float | None = None

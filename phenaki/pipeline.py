@@ -94,6 +94,7 @@ class GenerationSettings:
     top_k: int | None = None
     top_p: float | None = None
     guidance_ramp: bool = False
+    choice_temperature: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -237,6 +238,7 @@ class Phenaki:
             top_k=s.top_k,
             top_p=s.top_p,
             guidance_ramp=s.guidance_ramp,
+            choice_temperature=s.choice_temperature,
         )
         self._check_lengths(settings)
         requests = [[SceneRequest.from_story(p, self.fps, self.temporal_patch) for p in story] for story in stories]
@@ -321,6 +323,7 @@ class Phenaki:
                         guidance_ramp=settings.guidance_ramp,
                         temperature=settings.temperature if request.temperature is None else request.temperature,
                         schedule=settings.schedule, top_k=settings.top_k, top_p=settings.top_p,
+                        choice_temperature=settings.choice_temperature,
                         generator=generator, progress=report,
                     )
                     pixels = self.tokenizer.decode(ids)

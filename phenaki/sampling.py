@@ -13,8 +13,10 @@ Conditional and unconditional rows run as ONE forward of batch 2B, and the text
 context (cross-attention K/V) is prepared once per call.
 
 Confidence of a sampled token = its log-probability (after guidance, temperature
-and filtering) + Gumbel noise * temperature * (1 - (step + 1) / steps), annealed as
-in the official MaskGIT, so early choices are diverse and late ones greedy. With
+and filtering) + Gumbel noise * choice_temperature * (1 - (step + 1) / steps), annealed
+as in the official MaskGIT, so early choices are diverse and late ones greedy
+(`choice_temperature` defaults to `temperature`; lower keeps early reveals to the
+tokens the model is sure of). With
 `use_critic`, the token critic's log-probability that the token is right replaces
 the generator's log-probability. Revealed and prime tokens are never re-masked.
 
@@ -168,6 +170,7 @@ def sample(
     schedule: str | Schedule = "cosine",
     top_k: int | None = None,
     top_p: float | None = None,
+    choice_temperature: float | None = None,
     generator: torch.Generator | None = None,
     use_critic: bool = False,
     progress: Progress | None = None,
@@ -175,7 +178,8 @@ def sample(
 ) -> Tensor:
     """Generate token ids [B, num_token_frames, H', W'] for the text; `prime` fixes the first frames.
 
-    `temperature` scales both the sampling logits (0 = greedy) and the confidence noise.
+    `temperature` scales the sampling logits (0 = greedy) and, unless `choice_temperature`
+    is given, the confidence noise.
     `progress(step, steps)` is called after each step with step = 1..steps.
     `batch_size` is only needed when there is neither text nor prime (unconditional).
     """
@@ -183,6 +187,10 @@ def sample(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if choice_temperature is None:
+        choice_temperature = temperature
+    elif choice_temperature < 0:
+        raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
     if use_critic and not model.has_critic:
         raise ValueError("use_critic=True but the model has no token critic (config.critic is False)")
     if not 1 <= num_token_frames <= model.config.max_token_frames:
@@ -216,7 +224,7 @@ def sample(
                 break
             ids = _step(
                 model, ids, context, step, steps, counts[step], guided, scales[step],
-                temperature, top_k, top_p, generator, critic_ctx,
+                temperature, choice_temperature, top_k, top_p, generator, critic_ctx,
             )
             if progress is not None:
                 progress(step + 1, steps)
@@ -243,6 +251,7 @@ def _step(
     guided: bool,
     scale: float,
     temperature: float,
+    choice_temperature: float,
     top_k: int | None,
     top_p: float | None,
     generator: torch.Generator | None,
@@ -260,7 +269,7 @@ def _step(
     if critic_ctx is not None:
         wrong = model.critic_logits(filled.view(b, -1, h, w), context=critic_ctx).view(b, n)
         confidence = F.logsigmoid(-wrong)  # log P(token is right)
-    noise_scale = temperature * (1.0 - (step + 1) / steps)
+    noise_scale = choice_temperature * (1.0 - (step + 1) / steps)
     if noise_scale > 0:
         confidence = confidence + noise_scale * gumbel((b, n), generator, ids.device)
     confidence = confidence.masked_fill(~unknown, math.inf)

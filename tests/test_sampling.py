@@ -130,6 +130,32 @@ def test_one_batched_forward_per_step_and_schedule() -> None:
     assert calls == [(s, steps) for s in range(1, steps + 1)]
 
 
+def test_choice_temperature_sets_the_reveal_noise_apart_from_sampling() -> None:
+    model = tiny_model()
+    emb, mask = text()
+    kwargs = {"num_token_frames": 2, "steps": 4, "guidance": 1.0}
+    first_reveals = {}
+    for choice in (0.0, 3.0):
+        with ForwardSpy(model) as spy:
+            sample(model, emb, mask, temperature=0.0, choice_temperature=choice, generator=gen(5), **kwargs)
+        first_reveals[choice] = spy.inputs[1] != model.mask_id
+    # greedy tokens, no noise: step 1 reveals exactly the positions the model is surest of
+    with torch.no_grad():
+        logits = model(torch.full((2, 2, 4, 4), model.mask_id), context=model.prepare_context(emb, mask)).float()
+    sure = logits.view(2, 32, -1).log_softmax(-1).amax(-1)
+    keep = 32 - masked_counts(32, 4)[0]
+    expected = torch.zeros(2, 32, dtype=torch.bool).scatter(1, sure.topk(keep, dim=1).indices, True)
+    assert torch.equal(first_reveals[0.0].view(2, 32), expected)
+    # noise in the choice changes which positions go first, though the tokens are greedy
+    assert not torch.equal(first_reveals[3.0], first_reveals[0.0])
+    # left unset it follows the sampling temperature, as before
+    a = sample(model, emb, mask, temperature=0.7, generator=gen(9), **kwargs)
+    b = sample(model, emb, mask, temperature=0.7, choice_temperature=0.7, generator=gen(9), **kwargs)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="choice_temperature must be >= 0"):
+        sample(model, emb, mask, choice_temperature=-1.0, **kwargs)
+
+
 def test_no_guidance_means_batch_b() -> None:
     model = tiny_model()
     emb, mask = text()
