@@ -181,12 +181,17 @@ def ensure_token_cache(config: Config, tokenizer_dir: Path, *, device: str = "cp
     cfg = config.train_maskgit
     path = Path(cfg.tokens_cache or Path(cfg.output_dir) / "tokens")
     tokenizer = CViViT.from_pretrained(tokenizer_dir)
+    wanted = cfg.cache_items or config.data.num_samples
+    have = 0
     if (path / MANIFEST).is_file():
-        made_with = json.loads((path / MANIFEST).read_text()).get("tokenizer")
+        manifest = json.loads((path / MANIFEST).read_text())
+        made_with = manifest.get("tokenizer")
         if made_with is not None and made_with != to_dict(tokenizer.config):
             raise ValueError(f"the token cache {path} was made with a different tokenizer than {tokenizer_dir}: "
                              "delete it (or set train_maskgit.tokens_cache elsewhere) to tokenise again")
-        return path
+        have = manifest.get("items", 0)
+        if config.data.kind == "shards" or have >= wanted:
+            return path
     autocast = torch.bfloat16 if cfg.mixed_precision == "bf16" else None
     if config.data.kind == "shards":
         from .token_cache import tokenize_shards
@@ -195,7 +200,11 @@ def ensure_token_cache(config: Config, tokenizer_dir: Path, *, device: str = "cp
             return tokenize_shards(tokenizer, config.data.path, path, num_frames=config.data.num_frames,
                                    fps=config.data.fps, device=device, autocast=autocast, progress=bar.update)
     dataset = build_dataset(config.data, "train")
-    items = min(cfg.cache_items or config.data.num_samples, len(dataset))
+    items = min(wanted, len(dataset))
+    if have >= items:
+        return path
+    if have:
+        log.info("token cache %s holds %d items, %d wanted: encoding the rest", path, have, items)
     with tqdm(total=items, desc="tokenise", unit="clip") as bar:
         tokenize_dataset(tokenizer, dataset, path, num_items=items, device=device, autocast=autocast,
                          progress=bar.update)

@@ -90,6 +90,12 @@ def _encode_chunk(tokenizer: CViViT, items: Iterable[dict[str, Any]], *, batch_s
     return tensors, captions
 
 
+def _chunk_items(path: Path) -> int:
+    """Items in a written chunk (its captions, read from the header only)."""
+    with safe_open(str(path), "pt") as fh:
+        return len(json.loads(fh.metadata()["captions"]))
+
+
 def _write_chunk(path: Path, tensors: dict[str, torch.Tensor], captions: list[str]) -> None:
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
@@ -119,7 +125,11 @@ def tokenize_dataset(
     autocast: torch.dtype | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> Path:
-    """Encode `num_items` items of `dataset` into `out_dir`; finished chunks are kept on restart."""
+    """Encode `num_items` items of `dataset` into `out_dir`; finished chunks are kept on restart.
+
+    A chunk is kept only when it holds exactly its items, so a cache made with fewer
+    items grows: its short last chunk is encoded again, full chunks are reused.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = min(num_items or len(dataset), len(dataset))  # type: ignore[arg-type]
@@ -129,7 +139,7 @@ def tokenize_dataset(
         name = _chunk_name(index)
         chunks.append(name)
         stop = min(start + chunk_size, total)
-        if (out / name).exists():
+        if (out / name).exists() and _chunk_items(out / name) == stop - start:
             log.info("%s exists: skipping items %d-%d", name, start, stop - 1)
             if progress is not None:
                 progress(stop - start)
@@ -173,8 +183,7 @@ def tokenize_shards(
         chunks.append(name)
         if (out / name).exists():
             log.info("%s exists: skipping shard %s", name, url)
-            with safe_open(str(out / name), "pt") as fh:
-                items += len(json.loads(fh.metadata()["captions"]))
+            items += _chunk_items(out / name)
             continue
         stream = ShardDataset([url], num_frames=num_frames, fps=fps, size=size, crop="center", shuffle_buffer=0,
                               epochs=1)

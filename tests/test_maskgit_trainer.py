@@ -75,6 +75,36 @@ def test_token_cache_resumes_without_redoing_chunks(tmp_path, tokenizer_dir, mon
     assert len(TokenDataset(tmp_path / "t")) == 8
 
 
+def test_token_cache_grows_when_more_items_are_wanted(tmp_path, tokenizer_dir, monkeypatch):
+    tokenizer = CViViT.from_pretrained(tokenizer_dir)
+    dataset = ShapesDataset(num_samples=10, num_frames=5, context_frames=3, seed=2)
+    tokenize_dataset(tokenizer, dataset, tmp_path / "t", num_items=6, chunk_size=4)  # chunks of 4 + 2
+    first = (tmp_path / "t" / "chunk-00000.safetensors").stat().st_mtime_ns
+    calls = []
+    original = CViViT.encode
+    monkeypatch.setattr(CViViT, "encode", lambda self, x: calls.append(len(x)) or original(self, x))
+    tokenize_dataset(tokenizer, dataset, tmp_path / "t", num_items=10, chunk_size=4)
+    assert sum(calls) == 6  # the short chunk again (4) and the new one (2); the full chunk is kept
+    assert (tmp_path / "t" / "chunk-00000.safetensors").stat().st_mtime_ns == first
+    grown = TokenDataset(tmp_path / "t")
+    fresh = TokenDataset(tokenize_dataset(tokenizer, dataset, tmp_path / "fresh", num_items=10, chunk_size=4))
+    assert len(grown) == 10
+    assert all(torch.equal(grown[i]["ids"], fresh[i]["ids"]) and grown[i]["caption"] == fresh[i]["caption"]
+               for i in range(10))
+
+
+def test_training_sees_a_larger_cache_items(tmp_path, tokenizer_dir):
+    from phenaki.maskgit_trainer import ensure_token_cache
+
+    cfg = config(tmp_path)
+    cfg.train_maskgit.cache_items = 5
+    assert len(TokenDataset(ensure_token_cache(cfg, tokenizer_dir))) == 5
+    cfg.train_maskgit.cache_items = 9
+    assert len(TokenDataset(ensure_token_cache(cfg, tokenizer_dir))) == 9
+    cfg.train_maskgit.cache_items = 7  # fewer than cached: the cache is used as it is
+    assert len(TokenDataset(ensure_token_cache(cfg, tokenizer_dir))) == 9
+
+
 def test_training_resumes_exactly_and_exports_a_pipeline(tmp_path, tokenizer_dir):
     straight = train_maskgit(config(tmp_path / "a"), tokenizer_dir, progress=False)
     train_maskgit(config(tmp_path / "b"), tokenizer_dir, stop_at=2, progress=False)
