@@ -197,7 +197,7 @@ class Phenaki:
         context_frames: int | None = None,
         prime: str | Path | Video | None = None,
         num_samples: int = 1,
-        progress: bool | Callable[[int, int, int, int], object] = True,
+        progress: bool | Callable[[int, int, int, int], object] = False,
     ) -> Video | list[Video]:
         """Generate one video for a story (or `num_samples` videos of it, batched).
 
@@ -208,7 +208,9 @@ class Phenaki:
         Scene 1 has `first_frames` frames, later scenes `scene_frames` new frames each
         (or `scene_seconds` * fps). A request of 1 frame for a single scene is
         text-to-image. `prime` continues a user's video instead of starting afresh; its
-        frames open the output and its scene is labelled "<prime>".
+        frames open the output and its scene is labelled "<prime>". `progress`: True for a
+        tqdm bar on stderr (what `phenaki-sample` shows), or a callback
+        `(done, total, scene, scenes)`; the library itself stays quiet by default.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -407,7 +409,7 @@ def run_cli_sample(scenes: list[StoryScene], **options: Any) -> None:
         "temperature": options["temperature"], "scene_frames": options["scene_frames"],
         "scene_seconds": options["scene_seconds"], "context_frames": options["context_frames"],
         "first_frames": options["first_frames"],
-        "prime": options["prime"], "num_samples": options["num_samples"],
+        "prime": options["prime"], "num_samples": options["num_samples"], "progress": True,
     }
     if options["fps"] is not None:
         pipe.fps = float(options["fps"])

@@ -32,6 +32,13 @@ def test_story_has_every_frame_once_with_scene_ranges(pipe):
     assert video.metadata["settings"]["seed"] == 1 and video.metadata["prompts"] == STORY
 
 
+def test_library_is_quiet_unless_a_bar_is_asked_for(pipe, capsys):
+    pipe.generate(STORY[:1], seed=0)
+    assert capsys.readouterr().err == ""
+    pipe.generate(STORY[:1], seed=0, progress=True)
+    assert "scene 1/1" in capsys.readouterr().err
+
+
 def test_same_seed_same_video_other_seed_differs(pipe):
     a = pipe.generate(STORY[:2], seed=5, progress=False)
     b = pipe.generate(STORY[:2], seed=5, progress=False)
