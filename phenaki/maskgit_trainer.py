@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config, to_dict
+from .config import Config, from_dict, to_dict
 from .cvivit import CViViT
 from .fileio import atomic_write_dir, atomic_write_text
 from .maskgit import MaskGit
@@ -75,11 +75,10 @@ class MaskGitTrainer(Trainer):
         self.tokenizer_dir = Path(tokenizer_dir)
         tokenizer_cfg = CViViT.load_config(self.tokenizer_dir)
         config.tokenizer = tokenizer_cfg
-        text = TextEncoder.from_config(config.text, captions)
-        config.resolve(text_dim=text.dim)
+        maskgit, text = self._initial_models(config, captions)
         self.trainable_text = text.trainable
         self.frozen_text = None if text.trainable else text.to(self.device)
-        objective = MaskGitObjective(MaskGit(config.transformer), text if text.trainable else None, config)
+        objective = MaskGitObjective(maskgit, text if text.trainable else None, config)
         optimizer = self.make_optimizer([p for p in objective.parameters() if p.requires_grad], cfg.lr)
         self.ema = EMA(objective, cfg.ema_decay)
         self.ema_objective = copy.deepcopy(objective).requires_grad_(False).eval()
@@ -88,6 +87,41 @@ class MaskGitTrainer(Trainer):
         self.optimizers[self.name] = optimizer
         self.schedulers[self.name] = self.make_scheduler(optimizer)
         self._tokenizer: CViViT | None = None
+
+    @staticmethod
+    def _initial_models(config: Config, captions: list[str]) -> tuple[MaskGit, TextEncoder]:
+        """Fresh models, or (`init_from`, a pipeline directory) trained ones to fine-tune further.
+
+        Fine-tuning starts new optimiser and schedule state from the pipeline's weights, so a
+        run whose full checkpoint is gone (only the exported model is left) can still go on;
+        the pipeline's architecture and text vocabulary replace the config's.
+        """
+        init_from = config.train_maskgit.init_from
+        if init_from is None:
+            text = TextEncoder.from_config(config.text, captions)
+            config.resolve(text_dim=text.dim)
+            return MaskGit(config.transformer), text
+        root = Path(init_from)
+        if not (root / PIPELINE_FILE).is_file():
+            raise ValueError(f"train_maskgit.init_from: {root} is not a pipeline directory (no {PIPELINE_FILE})")
+        if CViViT.load_config(root / "tokenizer") != config.tokenizer:
+            raise ValueError(f"train_maskgit.init_from: {root} was trained on the ids of another tokenizer than "
+                             "the one given to this run; pass its own tokenizer (--tokenizer "
+                             f"{root / 'tokenizer'})")
+        settings = json.loads((root / PIPELINE_FILE).read_text(encoding="utf-8"))
+        text_ref = settings.get("text_encoder", "text_encoder")
+        text_dir = root / text_ref
+        trainable = config.text.kind == "scratch" or config.text.trainable
+        text = TextEncoder.from_pretrained(text_dir if text_dir.is_dir() else text_ref, trainable=trainable,
+                                           cache_dir=config.text.cache_dir)
+        maskgit = MaskGit.from_pretrained(root / "transformer")
+        if maskgit.config != config.transformer:
+            log.info("transformer architecture taken from %s (init_from), not from the config", root)
+            config.transformer = maskgit.config
+        if settings.get("text"):
+            config.text = from_dict(type(config.text), settings["text"], "text")
+        log.info("fine-tuning from %s (trained %s steps)", root, settings.get("training", {}).get("steps", "?"))
+        return maskgit, text
 
     def training_step(self, batch: list[dict[str, Any]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         objective = self.modules[self.name]

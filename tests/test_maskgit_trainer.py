@@ -128,6 +128,38 @@ def test_training_resumes_exactly_and_exports_a_pipeline(tmp_path, tokenizer_dir
     assert {"loss", "masked_acc", "mask_ratio", "text_dropped", "prime_frac"} <= set(records[0])
 
 
+def test_fine_tunes_an_exported_pipeline(tmp_path, tokenizer_dir):
+    """init_from a pipeline directory: training starts from its weights and its text vocabulary."""
+    first = train_maskgit(config(tmp_path / "a", steps=2), tokenizer_dir, progress=False)
+    cfg = config(tmp_path / "b", steps=2)
+    cfg.transformer.dim = 64  # the pipeline's architecture wins over the config's
+    cfg.train_maskgit.init_from = str(first)
+    cfg.train_maskgit.lr = 0.0  # no update: the fine-tuned export must equal its starting point
+    cfg.train_maskgit.ema_decay = 0.0
+    second = train_maskgit(cfg, tokenizer_dir, progress=False)
+    a = load_state_dict(first / "transformer" / "model.safetensors")
+    b = load_state_dict(second / "transformer" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], msg=key)
+    text_a = TextEncoder.from_pretrained(first / "text_encoder")
+    text_b = TextEncoder.from_pretrained(second / "text_encoder")
+    prompt = ["the blue box rises"]
+    torch.testing.assert_close(text_a.encode(prompt)[0], text_b.encode(prompt)[0])
+    settings = json.loads((second / "pipeline.json").read_text())
+    assert settings["training"]["config"]["init_from"] == str(first)
+
+    other_tok = tmp_path / "other_tok"
+    CViViT(TokenizerConfig(**{**TOKENIZER, "fsq_levels": [4, 4, 4]})).save_pretrained(other_tok)
+    elsewhere = config(tmp_path / "c", steps=2)
+    elsewhere.train_maskgit.init_from = str(first)
+    with pytest.raises(ValueError, match="another tokenizer"):
+        train_maskgit(elsewhere, other_tok, progress=False)
+    cfg.train_maskgit.init_from = str(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="not a pipeline directory"):
+        train_maskgit(cfg, tokenizer_dir, progress=False)
+
+
 def test_learns_shapes_clips_from_their_prompts():
     """The whole path learns: Shapes pixels -> tokenizer ids -> text + MaskGIT -> sampled ids."""
     from phenaki.config import TextConfig, TransformerConfig
