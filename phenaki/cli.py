@@ -279,12 +279,14 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Override decoding steps per scene.")
 @click.option("--guidance", type=click.FloatRange(min=0.0), default=None, help="Override the guidance scale.")
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=None,
+              help="Override the sampling temperature (0 = greedy).")
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders instead of generating: "
                    "the most any generator on that tokenizer can score.")
 def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_path: Path | None,
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
-                guidance: float | None, tokenizer_ceiling: bool) -> None:
+                guidance: float | None, temperature: float | None, tokenizer_ceiling: bool) -> None:
     """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
     import json
 
@@ -318,7 +320,8 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
     with tqdm(total=stories, desc="stories", unit="story") as bar:
         result = evaluate_shapes(pipe, stories, seed, num_scenes=scenes, holdout=holdout,
                                  heldout_fraction=heldout_fraction, progress=bar.update,
-                                 generate_kwargs={"steps": steps, "guidance": guidance})
+                                 generate_kwargs={"steps": steps, "guidance": guidance,
+                                                  "temperature": temperature})
     result["checkpoint"] = str(checkpoint)
     result["tokenizer_ceiling"] = tokenizer_ceiling
     click.echo(format_shapes_table(result))

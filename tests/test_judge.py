@@ -338,21 +338,23 @@ def test_cli_runs_the_evaluation_and_writes_json(tmp_path, monkeypatch):
 
     def fake_from_pretrained(path, device="auto", dtype="auto"):
         seen["args"] = (str(path), device)
-        return FakePipe()
+        seen["pipe"] = FakePipe()
+        return seen["pipe"]
 
     monkeypatch.setattr(Phenaki, "from_pretrained", staticmethod(fake_from_pretrained))
     (tmp_path / "ckpt").mkdir()
     out = tmp_path / "shapes.json"
     args = ["shapes", "--checkpoint", str(tmp_path / "ckpt"), "--stories", "4", "--seed", "7",
             "--config", "configs/shapes_demo.yaml", "--heldout-fraction", "0.25", "--json", str(out),
-            "--device", "cpu", "--steps", "3"]
+            "--device", "cpu", "--steps", "3", "--temperature", "0.25"]
     result = CliRunner().invoke(eval_main, args)
     assert result.exit_code == 0, result.output
     assert seen["args"] == (str(tmp_path / "ckpt"), "cpu")
     assert "story correct" in result.output
     data = json.loads(out.read_text())
     assert data["summary"]["heldout"]["stories"] == 1 and data["summary"]["all"]["correct"] == 1.0
-    assert data["generate"] == {"steps": 3} and data["seed"] == 7
+    assert data["generate"] == {"steps": 3, "temperature": 0.25} and data["seed"] == 7
+    assert all(kwargs == {"steps": 3, "temperature": 0.25} for _, _, _, kwargs in seen["pipe"].calls)
 
 
 def test_holdout_split_helper_is_exact():
