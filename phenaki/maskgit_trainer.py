@@ -28,12 +28,11 @@ from .cvivit import CViViT
 from .fileio import atomic_write_dir, atomic_write_text
 from .maskgit import MaskGit
 from .masking import continuation_prime, maskgit_loss
+from .pipeline import PIPELINE_FILE, pipeline_text_encoder
 from .text import TextEncoder
 from .training import EMA, Trainer, group_shares
 
 log = logging.getLogger(__name__)
-
-PIPELINE_FILE = "pipeline.json"
 
 
 class MaskGitObjective(nn.Module):
@@ -109,11 +108,8 @@ class MaskGitTrainer(Trainer):
                              "the one given to this run; pass its own tokenizer (--tokenizer "
                              f"{root / 'tokenizer'})")
         settings = json.loads((root / PIPELINE_FILE).read_text(encoding="utf-8"))
-        text_ref = settings.get("text_encoder", "text_encoder")
-        text_dir = root / text_ref
         trainable = config.text.kind == "scratch" or config.text.trainable
-        text = TextEncoder.from_pretrained(text_dir if text_dir.is_dir() else text_ref, trainable=trainable,
-                                           cache_dir=config.text.cache_dir)
+        text = pipeline_text_encoder(root, settings, trainable=trainable, cache_dir=config.text.cache_dir)
         maskgit = MaskGit.from_pretrained(root / "transformer")
         if maskgit.config != config.transformer:
             log.info("transformer architecture taken from %s (init_from), not from the config", root)

@@ -98,6 +98,13 @@ class GenerationSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def pipeline_text_encoder(root: Path, settings: dict[str, Any], **kwargs: Any) -> TextEncoder:
+    """The text encoder a pipeline names: its own folder (copied in), or a hub name/path it references."""
+    text_ref = settings.get("text_encoder", "text_encoder")
+    text_dir = root / text_ref
+    return TextEncoder.from_pretrained(text_dir if text_dir.is_dir() else text_ref, **kwargs)
+
+
 class Phenaki:
     """Tokenizer + transformer + text encoder + sampling defaults: the text-to-video model."""
 
@@ -132,9 +139,7 @@ class Phenaki:
             raise PipelineError(f"{root} is not a Phenaki checkpoint directory: no {PIPELINE_FILE}{hint}")
         settings = json.loads((root / PIPELINE_FILE).read_text(encoding="utf-8"))
         sampling = from_dict(SamplingConfig, settings.get("sampling", {}), "sampling")
-        text_ref = settings.get("text_encoder", "text_encoder")
-        text_dir = root / text_ref
-        text = TextEncoder.from_pretrained(text_dir if text_dir.is_dir() else text_ref, trainable=False)
+        text = pipeline_text_encoder(root, settings, trainable=False)
         return cls(
             CViViT.from_pretrained(root / "tokenizer"),
             MaskGit.from_pretrained(root / "transformer"),
