@@ -57,6 +57,8 @@ class TokenizerConfig:
     mlp_mult: float = 4.0
     dropout: float = 0.0
     spatial_window: int = 0  # > 0: spatial attention only within this many rows/columns (0 = whole frame)
+    decoder_spatial_window: int | None = None  # the decoder's own window (None = spatial_window): a wider one lets it
+    # draw a patch from its neighbours' codes while each code still describes only its own patch
     quantizer: Literal["vq", "fsq", "lfq"] = "vq"
     codebook_size: int = 1024
     codebook_dim: int = 32  # vq: projected lookup dim (factorised codes)
@@ -85,6 +87,9 @@ class TokenizerConfig:
             )
         if self.spatial_window < 0:
             raise ConfigError(f"tokenizer.spatial_window must be >= 0 (0 = whole frame), got {self.spatial_window}")
+        if self.decoder_spatial_window is not None and self.decoder_spatial_window < 0:
+            raise ConfigError("tokenizer.decoder_spatial_window must be >= 0 (0 = whole frame) or null (the "
+                              f"encoder's spatial_window), got {self.decoder_spatial_window}")
         if self.quantizer == "fsq":
             size = 1
             for level in self.fsq_levels:
@@ -94,6 +99,11 @@ class TokenizerConfig:
             raise ConfigError(
                 f"tokenizer.codebook_size {self.codebook_size} must be a power of 2 for lfq"
             )
+
+    @property
+    def decoder_window(self) -> int:
+        """The decoder's spatial attention window in effect (0 = whole frame)."""
+        return self.spatial_window if self.decoder_spatial_window is None else self.decoder_spatial_window
 
     @property
     def token_grid(self) -> tuple[int, int]:
@@ -234,6 +244,7 @@ class SamplingConfig:
     guidance_ramp: bool = False
     temperature: float = 1.0
     choice_temperature: float | None = None  # confidence-noise scale; None = temperature
+    temporal_bias: float = 0.0  # > 0: reveal earlier token-frames first (>= 100: strictly in order)
     schedule: str = "cosine"
     top_k: int | None = None
     top_p: float | None = None

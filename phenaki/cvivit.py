@@ -205,14 +205,14 @@ class SpatioTemporal(nn.Module):
     token distribution simple for the generator.
     """
 
-    def __init__(self, config: TokenizerConfig, spatial_first: bool) -> None:
+    def __init__(self, config: TokenizerConfig, spatial_first: bool, spatial_window: int) -> None:
         super().__init__()
         grid_h, grid_w = config.token_grid
         self.spatial_first = spatial_first
         self.spatial_pos = nn.Parameter(sincos_2d(grid_h, grid_w, config.dim))
         self.spatial = Transformer(config, config.spatial_depth, causal=False)
         self.temporal = Transformer(config, config.temporal_depth, causal=True)
-        window = spatial_window_mask(grid_h, grid_w, config.spatial_window) if config.spatial_window else None
+        window = spatial_window_mask(grid_h, grid_w, spatial_window) if spatial_window else None
         self.register_buffer("window", window, persistent=False)
 
     def _spatial(self, x: Tensor) -> Tensor:
@@ -331,9 +331,9 @@ class CViViT(nn.Module, PretrainedMixin):
         c, p, pt = config.channels, config.patch_size, config.temporal_patch_size
         self.first_embed = nn.Linear(c * p * p, config.dim)
         self.tubelet_embed = nn.Linear(c * pt * p * p, config.dim)
-        self.encoder = SpatioTemporal(config, spatial_first=True)
+        self.encoder = SpatioTemporal(config, spatial_first=True, spatial_window=config.spatial_window)
         self.quantizer = CodebookQuantizer(config)
-        self.decoder = SpatioTemporal(config, spatial_first=False)
+        self.decoder = SpatioTemporal(config, spatial_first=False, spatial_window=config.decoder_window)
         self.first_head = nn.Linear(config.dim, c * p * p)
         self.tubelet_head = nn.Linear(config.dim, c * pt * p * p)
         for module in (self.first_embed, self.tubelet_embed, self.encoder, self.decoder, self.first_head, self.tubelet_head):
@@ -450,9 +450,15 @@ class CViViT(nn.Module, PretrainedMixin):
         flat = self.quantizer.latents_from_ids(rearrange(ids.long(), "b t h w -> b (t h w)"))
         return rearrange(flat, "b (t h w) d -> b t h w d", t=t, h=h).to(self.first_head.weight.dtype)
 
+    ENCODER_PARTS = ("first_embed", "tubelet_embed", "encoder", "quantizer")
+
     def encoder_modules(self) -> list[nn.Module]:
         """Everything that decides the ids: freeze these to fine-tune only the decoder."""
-        return [self.first_embed, self.tubelet_embed, self.encoder, self.quantizer]
+        return [getattr(self, name) for name in self.ENCODER_PARTS]
+
+    def encoder_state_dict(self) -> dict[str, Tensor]:
+        """The state of `encoder_modules`: two tokenizers with equal ones give the same ids."""
+        return {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] in self.ENCODER_PARTS}
 
     def _decode_latents(self, quantized: Tensor) -> Tensor:
         return self._unembed(self.decoder(quantized))

@@ -7,6 +7,7 @@ module only says what one step computes, what a preview shows and what is export
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,18 @@ from .training import EMA, Trainer, collate_clips, frames_to_pixels, group_share
 log = logging.getLogger(__name__)
 
 PREVIEW_CLIPS = 8
+
+
+def _with_decoder_window(model: CViViT, window: int) -> CViViT:
+    """`model` with another decoder attention window: the weights are the same, only the mask changes.
+
+    With `decoder_only` the encoder keeps its window, so the ids keep their meaning, while
+    the decoder learns to draw each patch from its neighbours' codes too.
+    """
+    log.info("decoder spatial window %d -> %d (0 = whole frame)", model.config.decoder_window, window)
+    widened = CViViT(dataclasses.replace(model.config, decoder_spatial_window=window))
+    widened.load_state_dict(model.state_dict())
+    return widened
 
 
 class TokenizerTrainer(Trainer):
@@ -63,7 +76,10 @@ class TokenizerTrainer(Trainer):
 
     @staticmethod
     def _initial_model(config: Config) -> CViViT:
-        """A fresh tokenizer, or (`init_from`) a trained one whose architecture becomes the config's."""
+        """A fresh tokenizer, or (`init_from`) a trained one whose architecture becomes the config's.
+
+        The one setting the config may still change is `decoder_spatial_window`: it shapes no weight.
+        """
         init_from = config.train_tokenizer.init_from
         if init_from is None:
             if config.train_tokenizer.decoder_only:
@@ -71,6 +87,9 @@ class TokenizerTrainer(Trainer):
                                  "a trained tokenizer whose encoder stays frozen")
             return CViViT(config.tokenizer)
         model = CViViT.from_pretrained(init_from)
+        window = config.tokenizer.decoder_spatial_window
+        if window is not None and window != model.config.decoder_window:
+            model = _with_decoder_window(model, window)
         if model.config != config.tokenizer:
             log.info("tokenizer architecture taken from %s (init_from), not from the config", init_from)
             config.tokenizer = model.config

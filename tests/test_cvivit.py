@@ -173,9 +173,31 @@ def test_spatial_window_keeps_codes_local() -> None:
     assert diff[4 * (reach + 1):].max() == 0 and diff[:, 4 * (reach + 1):].max() == 0
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
-def test_windowed_tokenizer_is_still_causal(quantizer: str) -> None:
-    model = make_model(quantizer=quantizer, spatial_window=1)
+def test_wide_decoder_reads_neighbours_while_codes_stay_local() -> None:
+    """`decoder_spatial_window` 0 over an encoder window of 1: the encoder is exactly the windowed
+    one (same weights, same latents), while a bumped latent now changes pixels anywhere in the frame."""
+    windowed = make_model(image_size=(32, 32), spatial_window=1, spatial_depth=2)
+    wide = make_model(image_size=(32, 32), spatial_window=1, spatial_depth=2, decoder_spatial_window=0)
+    assert wide.config.decoder_window == 0 and windowed.config.decoder_window == 1
+    with torch.no_grad():  # output projections start at zero: give attention something to carry
+        for param in windowed.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    wide.load_state_dict(windowed.state_dict())  # the window shapes no weight
+    v = video(frames=5, size=32)
+    with torch.no_grad():
+        assert torch.equal(wide.encoder(wide._embed(v)), windowed.encoder(windowed._embed(v)))
+        latents = torch.randn(1, 3, 8, 8, 32)
+        bumped = latents.clone()
+        bumped[:, :, 0, 0] += 1.0
+        diff = (wide._decode_latents(latents) - wide._decode_latents(bumped)).abs().amax(dim=(0, 1, 2))
+        local = (windowed._decode_latents(latents) - windowed._decode_latents(bumped)).abs().amax(dim=(0, 1, 2))
+    assert diff[-4:, -4:].max() > 0  # the far corner patch, out of the windowed decoder's reach
+    assert local[-4:, -4:].max() == 0
+
+
+@pytest.mark.parametrize("quantizer,decoder_window", [("vq", None), ("fsq", None), ("fsq", 0)])
+def test_windowed_tokenizer_is_still_causal(quantizer: str, decoder_window: int | None) -> None:
+    model = make_model(quantizer=quantizer, spatial_window=1, decoder_spatial_window=decoder_window)
     v = video(frames=11)
     full = model.encode(v)
     for k in range(6):
@@ -291,6 +313,8 @@ def test_bad_config_is_rejected() -> None:
         make_model(quantizer="fsq", fsq_levels=[2, 4])
     with pytest.raises(ConfigError, match="spatial_window"):
         make_model(spatial_window=-1)
+    with pytest.raises(ConfigError, match="decoder_spatial_window"):
+        make_model(decoder_spatial_window=-1)
 
 
 # ----------------------------------------------------------------------------- checkpoints

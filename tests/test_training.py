@@ -114,6 +114,24 @@ def test_decoder_only_fine_tuning_keeps_every_id(tmp_path):
     assert not torch.equal(before.tubelet_head.weight, after.tubelet_head.weight)
 
 
+def test_decoder_only_fine_tuning_can_widen_the_decoder(tmp_path):
+    """`tokenizer.decoder_spatial_window` applies to an init_from tokenizer: the encoder and its ids
+    stay, the exported decoder attends over the whole frame."""
+    base = tiny_config(tmp_path / "first", quantizer="fsq")
+    base.tokenizer.spatial_window = 1
+    first = train_tokenizer(base, progress=False)
+    config = tiny_config(tmp_path / "wide", quantizer="fsq", init_from=str(first), decoder_only=True, lr=1e-2)
+    config.tokenizer.decoder_spatial_window = 0
+    tuned = train_tokenizer(config, progress=False)
+    before, after = CViViT.from_pretrained(first), CViViT.from_pretrained(tuned)
+    assert (before.config.decoder_window, after.config.decoder_window) == (1, 0)
+    assert after.config.spatial_window == 1
+    pixels = torch.rand(2, 3, 5, 64, 64)
+    ids = before.encode(pixels)
+    assert torch.equal(ids, after.encode(pixels))
+    assert not torch.equal(before.decode(ids), after.decode(ids))
+
+
 def test_decoder_only_needs_a_trained_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="init_from"):
         train_tokenizer(tiny_config(tmp_path / "x", decoder_only=True), progress=False)
