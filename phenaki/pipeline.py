@@ -95,6 +95,7 @@ class GenerationSettings:
     top_p: float | None = None
     guidance_ramp: bool = False
     choice_temperature: float | None = None
+    temporal_bias: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -164,6 +165,30 @@ class Phenaki:
             atomic_write_text(tmp / PIPELINE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
         return atomic_write_dir(path, write)
+
+    def with_tokenizer_decoder(self, tokenizer: CViViT) -> "Phenaki":
+        """This pipeline with `tokenizer` in place of its own, when only the decoder differs.
+
+        A decoder-only fine-tune (`train_tokenizer.decoder_only`) keeps the encoder and the
+        quantizer, so every id the transformer learned still means the same patch; any other
+        tokenizer would silently scramble them, so it is refused.
+        """
+        ours = self.tokenizer
+        if tokenizer.config.spatial_window != ours.config.spatial_window:
+            raise PipelineError(f"the new tokenizer's encoder window ({tokenizer.config.spatial_window}) is not "
+                                f"the pipeline's ({ours.config.spatial_window}); only the decoder may differ")
+        theirs_state, ours_state = tokenizer.encoder_state_dict(), ours.encoder_state_dict()
+        changed = [k for k in ours_state if k not in theirs_state or theirs_state[k].shape != ours_state[k].shape
+                   or not torch.equal(theirs_state[k].to(ours_state[k].device, ours_state[k].dtype), ours_state[k])]
+        if changed or theirs_state.keys() != ours_state.keys():
+            shown = ", ".join(changed[:3]) or "its parameter names"
+            raise PipelineError(
+                f"the new tokenizer's encoder differs from the pipeline's ({shown}): its ids would not mean what "
+                "the transformer learned. Only a decoder-only fine-tune of this pipeline's tokenizer "
+                "(train_tokenizer.init_from + decoder_only) can replace it"
+            )
+        return Phenaki(tokenizer, self.transformer, self.text_encoder, self.sampling, fps=self.fps,
+                       device=self.device, dtype=self.dtype, source=self.source, info=self.info)
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -246,6 +271,7 @@ class Phenaki:
             top_p=s.top_p,
             guidance_ramp=s.guidance_ramp,
             choice_temperature=s.choice_temperature,
+            temporal_bias=s.temporal_bias,
         )
         self._check_lengths(settings)
         requests = [[SceneRequest.from_story(p, self.fps, self.temporal_patch) for p in story] for story in stories]
@@ -330,7 +356,7 @@ class Phenaki:
                         guidance_ramp=settings.guidance_ramp,
                         temperature=settings.temperature if request.temperature is None else request.temperature,
                         schedule=settings.schedule, top_k=settings.top_k, top_p=settings.top_p,
-                        choice_temperature=settings.choice_temperature,
+                        choice_temperature=settings.choice_temperature, temporal_bias=settings.temporal_bias,
                         generator=generator, progress=report,
                     )
                     pixels = self.tokenizer.decode(ids)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -155,3 +156,44 @@ def test_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
     assert result.exit_code == 1
     assert "no pipeline.json" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_export_swaps_in_a_decoder_only_fine_tune_and_refuses_other_tokenizers(pipeline_dir, tmp_path):
+    """`export_model.py --tokenizer`: a tokenizer with the pipeline's encoder (a decoder-only
+    fine-tune) replaces the pipeline's; one whose encoder differs would scramble every id: refused."""
+    import importlib.util
+    from pathlib import Path
+
+    from phenaki.cvivit import CViViT
+
+    script = Path(__file__).resolve().parents[1] / "train" / "export_model.py"
+    spec = importlib.util.spec_from_file_location("export_model", script)
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+
+    tokenizer = CViViT.from_pretrained(pipeline_dir / "tokenizer")
+    tuned = CViViT(dataclasses.replace(tokenizer.config, decoder_spatial_window=0))
+    tuned.load_state_dict(tokenizer.state_dict())
+    with torch.no_grad():
+        tuned.tubelet_head.bias.add_(0.1)  # the decoder changed
+    tuned.save_pretrained(tmp_path / "tuned")
+    runner = CliRunner()
+    result = runner.invoke(export.main, [str(pipeline_dir), str(tmp_path / "out"), "--dtype", "float32",
+                                         "--tokenizer", str(tmp_path / "tuned")])
+    assert result.exit_code == 0, result.output
+    out = Phenaki.from_pretrained(tmp_path / "out", device="cpu", dtype="float32")
+    assert out.tokenizer.config.decoder_window == 0
+    ids = torch.randint(0, 125, (1, 2, 8, 8))
+    torch.testing.assert_close(out.tokenizer.decode(ids), tuned.decode(ids))
+    source = Phenaki.from_pretrained(pipeline_dir, device="cpu", dtype="float32")
+    for key, value in source.transformer.state_dict().items():  # the generator is untouched
+        assert torch.equal(out.transformer.state_dict()[key], value), key
+
+    with torch.no_grad():
+        tuned.tubelet_embed.weight.add_(0.1)  # now the encoder changed too
+    tuned.save_pretrained(tmp_path / "other")
+    result = runner.invoke(export.main, [str(pipeline_dir), str(tmp_path / "bad"), "--tokenizer",
+                                         str(tmp_path / "other")])
+    assert result.exit_code == 1
+    assert "tubelet_embed.weight" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "bad").exists()
