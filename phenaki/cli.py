@@ -282,8 +282,8 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=None,
               help="Override the sampling temperature (0 = greedy).")
 @click.option("--tokenizer-ceiling", is_flag=True,
-              help="Judge the checkpoint's tokenizer reconstructions of the true renders instead of generating: "
-                   "the most any generator on that tokenizer can score.")
+              help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
+                   "windows, instead of generating: the most any generator on that tokenizer can score.")
 def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_path: Path | None,
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
                 guidance: float | None, temperature: float | None, tokenizer_ceiling: bool) -> None:
@@ -316,7 +316,7 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
         s = pipe.sampling
         autocast = None if pipe.dtype == torch.float32 else pipe.dtype  # decode as the pipeline does
         pipe = TokenizerCeiling(pipe.tokenizer, first_frames=s.first_frames, scene_frames=s.scene_frames,
-                                autocast=autocast)
+                                context_frames=s.context_frames, autocast=autocast)
     with tqdm(total=stories, desc="stories", unit="story") as bar:
         result = evaluate_shapes(pipe, stories, seed, num_scenes=scenes, holdout=holdout,
                                  heldout_fraction=heldout_fraction, progress=bar.update,

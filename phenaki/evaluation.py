@@ -122,25 +122,38 @@ class _Story:
 
 class TokenizerCeiling:
     """Stands in for a pipeline in `judge.evaluate_shapes`: each story's ground-truth render,
-    passed through the tokenizer (encode, then decode).
+    passed through the tokenizer the way the pipeline draws it.
 
-    Whatever the judge rejects here, the tokenizer cannot draw, so these rates are the most
-    any generator on this tokenizer can score. Scene lengths follow the pipeline's defaults.
+    The first scene is one clip (encode, then decode); every later scene is the last
+    `context_frames` frames drawn so far followed by the scene's true new frames, encoded
+    and decoded as one window, of which the new frames are kept: exactly what the story
+    loop decodes if the generator predicted every token of the true render. Whatever the
+    judge rejects here, the tokenizer cannot draw, so these rates are the most any
+    generator on this tokenizer can score. Scene lengths follow the pipeline's defaults.
     """
 
     def __init__(self, tokenizer: CViViT, *, first_frames: int = 11, scene_frames: int = 6,
-                 autocast: torch.dtype | None = None) -> None:
+                 context_frames: int = 5, autocast: torch.dtype | None = None) -> None:
         self.tokenizer = tokenizer.eval()
-        self.first_frames, self.scene_frames = first_frames, scene_frames
+        self.first_frames, self.scene_frames, self.context_frames = first_frames, scene_frames, context_frames
         self.autocast = autocast
+
+    def _round_trip(self, pixels: torch.Tensor) -> torch.Tensor:
+        device = self.tokenizer.first_head.weight.device
+        with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            return self.tokenizer.decode(self.tokenizer.encode(pixels.to(device))).float()
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, **_: object) -> _Story:
         from .data.shapes import render_story
 
         story = render_story(tuple(prompts), seed=seed, first_frames=self.first_frames, scene_frames=self.scene_frames)
-        device = self.tokenizer.first_head.weight.device
-        pixels = frames_to_pixels(story.frames[None]).to(device)
-        with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
-            recon = self.tokenizer.decode(self.tokenizer.encode(pixels))
-        return _Story(frames=pixels_to_frames(recon)[0], scenes=list(story.scenes))
+        pixels = frames_to_pixels(story.frames[None])
+        first = story.scenes[0]
+        drawn = self._round_trip(pixels[:, :, first.start:first.end])
+        for scene in story.scenes[1:]:
+            window = torch.cat([drawn[:, :, -self.context_frames:].to(pixels.device),
+                                pixels[:, :, scene.start:scene.end]], dim=2)
+            new = self._round_trip(window)[:, :, -(scene.end - scene.start):]
+            drawn = torch.cat([drawn, new], dim=2)
+        return _Story(frames=pixels_to_frames(drawn)[0], scenes=list(story.scenes))

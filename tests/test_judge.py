@@ -415,9 +415,19 @@ def test_tokenizer_ceiling_judges_reconstructions_of_the_true_render():
     tokenizer = CViViT(TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
                                        quantizer="fsq", fsq_levels=[5, 5, 5]))
     prompts = ["a red ball moves right", "the blue ball rises"]
-    story = TokenizerCeiling(tokenizer).generate(prompts, seed=4)
+    story = TokenizerCeiling(tokenizer, context_frames=5).generate(prompts, seed=4)
     truth = render_story(tuple(prompts), seed=4)
     assert [(s.prompt, s.start, s.end) for s in story.scenes] == [(s.prompt, s.start, s.end) for s in truth.scenes]
-    expected = pixels_to_frames(tokenizer.decode(tokenizer.encode(frames_to_pixels(truth.frames[None]))))[0]
+
+    def round_trip(pixels):
+        return tokenizer.decode(tokenizer.encode(pixels))
+
+    # the pipeline's windows: scene 1 as one clip, then 5 drawn context frames + 6 true new ones
+    truth_px = frames_to_pixels(truth.frames[None])
+    first = round_trip(truth_px[:, :, :11])
+    second = round_trip(torch.cat([first[:, :, -5:], truth_px[:, :, 11:]], dim=2))[:, :, -6:]
+    expected = pixels_to_frames(torch.cat([first, second], dim=2))[0]
     assert story.frames.shape == (17, 64, 64, 3) and torch.equal(story.frames, expected)
     assert not torch.equal(story.frames, truth.frames)  # an untrained tokenizer really is in the way
+    whole = pixels_to_frames(round_trip(truth_px))[0]
+    assert not torch.equal(story.frames[11:], whole[11:])  # not one 17-frame clip
