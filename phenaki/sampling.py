@@ -18,7 +18,10 @@ as in the official MaskGIT, so early choices are diverse and late ones greedy
 (`choice_temperature` defaults to `temperature`; lower keeps early reveals to the
 tokens the model is sure of). With
 `use_critic`, the token critic's log-probability that the token is right replaces
-the generator's log-probability. Revealed and prime tokens are never re-masked.
+the generator's log-probability. With `temporal_bias` b > 0 a token in token-frame t
+loses b * t of confidence, so earlier token-frames are revealed first (b of 100 or more
+gives strict temporal order): each tubelet is then drawn knowing where the ones before it
+put things. Revealed and prime tokens are never re-masked.
 
 All randomness comes from the `generator` argument: a given seed gives the same
 tokens. Nothing here holds state; the model is put in eval mode for the call and
@@ -171,6 +174,7 @@ def sample(
     top_k: int | None = None,
     top_p: float | None = None,
     choice_temperature: float | None = None,
+    temporal_bias: float = 0.0,
     generator: torch.Generator | None = None,
     use_critic: bool = False,
     progress: Progress | None = None,
@@ -191,6 +195,8 @@ def sample(
         choice_temperature = temperature
     elif choice_temperature < 0:
         raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
+    if not 0 <= temporal_bias < math.inf:
+        raise ValueError(f"temporal_bias must be finite and >= 0, got {temporal_bias}")
     if use_critic and not model.has_critic:
         raise ValueError("use_critic=True but the model has no token critic (config.critic is False)")
     if not 1 <= num_token_frames <= model.config.max_token_frames:
@@ -224,7 +230,7 @@ def sample(
                 break
             ids = _step(
                 model, ids, context, step, steps, counts[step], guided, scales[step],
-                temperature, choice_temperature, top_k, top_p, generator, critic_ctx,
+                temperature, choice_temperature, top_k, top_p, generator, critic_ctx, temporal_bias,
             )
             if progress is not None:
                 progress(step + 1, steps)
@@ -256,6 +262,7 @@ def _step(
     top_p: float | None,
     generator: torch.Generator | None,
     critic_ctx: TextContext | None,
+    temporal_bias: float = 0.0,
 ) -> Tensor:
     """One decoding step on flat ids [B, N]: fill every masked position, re-mask the least sure."""
     b, n = ids.shape
@@ -272,6 +279,9 @@ def _step(
     noise_scale = choice_temperature * (1.0 - (step + 1) / steps)
     if noise_scale > 0:
         confidence = confidence + noise_scale * gumbel((b, n), generator, ids.device)
+    if temporal_bias > 0:
+        frame = torch.arange(n, device=ids.device) // (h * w)
+        confidence = confidence - temporal_bias * frame.to(confidence.dtype)
     confidence = confidence.masked_fill(~unknown, math.inf)
     remask = confidence.topk(keep_masked, dim=-1, largest=False).indices
     return filled.scatter(-1, remask, model.mask_id)

@@ -156,6 +156,29 @@ def test_choice_temperature_sets_the_reveal_noise_apart_from_sampling() -> None:
         sample(model, emb, mask, choice_temperature=-1.0, **kwargs)
 
 
+def test_temporal_bias_reveals_earlier_token_frames_first() -> None:
+    """A large bias: no token of a token-frame is revealed while an earlier one still has a masked
+    token; without it the reveals are spread over all frames; the schedule is the same either way."""
+    model = tiny_model()
+    emb, mask = text()
+    kwargs = {"num_token_frames": 3, "steps": 6, "guidance": 2.0, "temperature": 1.0}
+
+    def reveals(bias: float) -> list[torch.Tensor]:
+        with ForwardSpy(model) as spy:
+            sample(model, emb, mask, temporal_bias=bias, generator=gen(3), **kwargs)
+        return [(x[:2] != model.mask_id).view(2, 3, 16) for x in spy.inputs]
+
+    ordered, free = reveals(1000.0), reveals(0.0)
+    assert [int(r.sum()) for r in ordered] == [int(r.sum()) for r in free]
+    for revealed in ordered:
+        done = revealed.all(dim=2)  # [B, frames]: frame fully revealed
+        for t in range(1, 3):
+            assert not (revealed[:, t].any(dim=1) & ~done[:, t - 1]).any(), f"frame {t} began before {t - 1} ended"
+    assert any((r[:, 1:].any(dim=2) & ~r[:, :1].all(dim=2)).any() for r in free)  # the unbiased order mixes
+    with pytest.raises(ValueError, match="temporal_bias"):
+        sample(model, emb, mask, temporal_bias=-1.0, **kwargs)
+
+
 def test_no_guidance_means_batch_b() -> None:
     model = tiny_model()
     emb, mask = text()
