@@ -219,6 +219,10 @@ def sample(
     # plain conditional (all scales 1) or plain unconditional (all 0) need only B rows
     guided = model.conditional and text_emb is not None and not (set(scales) <= {1.0} or set(scales) <= {0.0})
     counts = masked_counts(num_free, steps, schedule)
+    # confidence handicap of each position (token-frame index x bias), built once per call
+    frame_penalty = None
+    if temporal_bias > 0:
+        frame_penalty = temporal_bias * (torch.arange(ids.shape[1], device=device) // (h * w)).float()
     with eval_mode(model):
         context = _contexts(model, text_emb, text_mask, batch, guided, float(guidance))
         critic_ctx = _cond_rows(context, batch) if use_critic else None
@@ -230,7 +234,7 @@ def sample(
                 break
             ids = _step(
                 model, ids, context, step, steps, counts[step], guided, scales[step],
-                temperature, choice_temperature, top_k, top_p, generator, critic_ctx, temporal_bias,
+                temperature, choice_temperature, top_k, top_p, generator, critic_ctx, frame_penalty,
             )
             if progress is not None:
                 progress(step + 1, steps)
@@ -262,7 +266,7 @@ def _step(
     top_p: float | None,
     generator: torch.Generator | None,
     critic_ctx: TextContext | None,
-    temporal_bias: float = 0.0,
+    frame_penalty: Tensor | None = None,
 ) -> Tensor:
     """One decoding step on flat ids [B, N]: fill every masked position, re-mask the least sure."""
     b, n = ids.shape
@@ -279,9 +283,8 @@ def _step(
     noise_scale = choice_temperature * (1.0 - (step + 1) / steps)
     if noise_scale > 0:
         confidence = confidence + noise_scale * gumbel((b, n), generator, ids.device)
-    if temporal_bias > 0:
-        frame = torch.arange(n, device=ids.device) // (h * w)
-        confidence = confidence - temporal_bias * frame.to(confidence.dtype)
+    if frame_penalty is not None:
+        confidence = confidence - frame_penalty.to(confidence.dtype)
     confidence = confidence.masked_fill(~unknown, math.inf)
     remask = confidence.topk(keep_masked, dim=-1, largest=False).indices
     return filled.scatter(-1, remask, model.mask_id)
