@@ -177,11 +177,13 @@ class Phenaki:
         if tokenizer.config.spatial_window != ours.config.spatial_window:
             raise PipelineError(f"the new tokenizer's encoder window ({tokenizer.config.spatial_window}) is not "
                                 f"the pipeline's ({ours.config.spatial_window}); only the decoder may differ")
-        theirs_state, ours_state = tokenizer.encoder_state_dict(), ours.encoder_state_dict()
-        changed = [k for k in ours_state if k not in theirs_state or theirs_state[k].shape != ours_state[k].shape
-                   or not torch.equal(theirs_state[k].to(ours_state[k].device, ours_state[k].dtype), ours_state[k])]
-        if changed or theirs_state.keys() != ours_state.keys():
-            shown = ", ".join(changed[:3]) or "its parameter names"
+        theirs, mine = tokenizer.encoder_state_dict(), ours.encoder_state_dict()
+        if theirs.keys() != mine.keys():
+            changed = sorted(theirs.keys() ^ mine.keys())
+        else:  # compared in the pipeline's dtype: a bf16 export of the same weights is the same encoder
+            changed = [k for k, v in mine.items() if theirs[k].shape != v.shape or not torch.equal(theirs[k].to(v), v)]
+        if changed:
+            shown = ", ".join(changed[:3])
             raise PipelineError(
                 f"the new tokenizer's encoder differs from the pipeline's ({shown}): its ids would not mean what "
                 "the transformer learned. Only a decoder-only fine-tune of this pipeline's tokenizer "
