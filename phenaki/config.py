@@ -218,6 +218,7 @@ class TrainConfig:
     adversarial_start: int = 2000
     discriminator_lr: float = 1e-4
     gradient_penalty_weight: float = 10.0
+    adversarial_frames: int = 0  # > 0: the discriminator scores a random run of this many frames per clip (0 = all)
     init_from: str | None = None  # tokenizer: a trained tokenizer; maskgit: a pipeline directory (fine-tune it with
     # fresh optimiser state). Its architecture replaces the config's.
     decoder_only: bool = False  # freeze the encoder and quantizer: ids keep their meaning, the decoder improves

@@ -371,6 +371,7 @@ class TokenizerLoss:
         adversarial_start: int = 0,
         gradient_penalty_weight: float = 10.0,
         max_adaptive_weight: float = 1e4,
+        adversarial_frames: int = 0,
     ) -> None:
         if perceptual_weight > 0 and perceptual is None:
             raise ValueError("perceptual_weight > 0 needs a PerceptualLoss (e.g. vgg16_perceptual(path))")
@@ -383,6 +384,9 @@ class TokenizerLoss:
         self.adversarial_weight, self.adversarial_start = adversarial_weight, adversarial_start
         self.gradient_penalty_weight = gradient_penalty_weight
         self.max_adaptive_weight = max_adaptive_weight
+        if adversarial_frames < 0:
+            raise ValueError(f"adversarial_frames must be >= 0 (0 = every frame), got {adversarial_frames}")
+        self.adversarial_frames = adversarial_frames
 
     @classmethod
     def from_config(
@@ -401,7 +405,17 @@ class TokenizerLoss:
             adversarial_weight=train.adversarial_weight,  # type: ignore[attr-defined]
             adversarial_start=train.adversarial_start,  # type: ignore[attr-defined]
             gradient_penalty_weight=train.gradient_penalty_weight,  # type: ignore[attr-defined]
+            adversarial_frames=train.adversarial_frames,  # type: ignore[attr-defined]
         )
+
+    def _window(self, *videos: Tensor) -> tuple[Tensor, ...]:
+        """The same random run of `adversarial_frames` frames from each video (all of them when 0 or
+        when a clip is that short): the discriminator's cost grows with every frame it scores."""
+        k = self.adversarial_frames
+        if k == 0 or videos[0].ndim != 5 or videos[0].shape[2] <= k:
+            return videos
+        start = int(torch.randint(0, videos[0].shape[2] - k + 1, ()))
+        return tuple(v[:, :, start:start + k] for v in videos)
 
     def adversarial_active(self, step: int) -> bool:
         return self.discriminator is not None and adversarial_factor(
@@ -429,7 +443,7 @@ class TokenizerLoss:
                 raise ValueError("the adaptive adversarial weight needs the decoder's last layer weight(s)")
             assert self.discriminator is not None
             with frozen(self.discriminator):
-                gan = hinge_g_loss(self.discriminator(recon))
+                gan = hinge_g_loss(self.discriminator(*self._window(recon)))
             weight = adaptive_weight(nll, gan, last_layer, self.max_adaptive_weight)
             terms["gan"], terms["adaptive_weight"] = gan, weight
             total = total + self.adversarial_weight * weight * gan
@@ -442,6 +456,7 @@ class TokenizerLoss:
         if not self.adversarial_active(step):
             return {"loss": recon.new_zeros((), dtype=torch.float32)}
         assert self.discriminator is not None
+        recon, target = self._window(recon, target)
         d_loss = hinge_d_loss(self.discriminator(target.detach()), self.discriminator(recon.detach()))
         terms = {"hinge": d_loss.detach()}
         total = d_loss

@@ -141,6 +141,30 @@ def test_tokenizer_loss_steps_wire_generator_and_discriminator() -> None:
     assert all(p.grad is None for p in tokenizer.parameters())
 
 
+def test_adversarial_frames_show_the_discriminator_one_run_of_frames() -> None:
+    """`adversarial_frames: k`: every discriminator call (generator term, hinge, R1) scores k
+    consecutive frames of each clip, the same ones for reconstruction and target; 0 scores all."""
+    disc = build_discriminator("frame", base_channels=8, num_layers=1)
+    seen: list[torch.Tensor] = []
+    disc.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
+    tokenizer = tiny_tokenizer()
+    target = clips()
+    for frames, expected in ((2, 2), (0, 5), (9, 5)):  # a clip shorter than k is scored whole
+        objective = TokenizerLoss(discriminator=disc, adversarial_weight=0.1, adversarial_frames=frames)
+        out = tokenizer(target)
+        seen.clear()
+        objective.generator_loss(out.recon, target, out.quantizer_loss, step=0, last_layer=tokenizer.last_layer_weights)
+        assert [x.shape[2] for x in seen] == [expected]
+        seen.clear()
+        objective.discriminator_loss(out.recon, target, step=0)
+        assert [x.shape[2] for x in seen] == [expected] * 3  # real, fake, R1 on the real frames
+        real, fake = seen[0], seen[1]
+        starts = [t for t in range(5 - expected + 1) if torch.equal(target[:, :, t:t + expected], real)]
+        assert starts and torch.equal(out.recon.detach()[:, :, starts[0]:starts[0] + expected], fake)
+    with pytest.raises(ValueError, match="adversarial_frames"):
+        TokenizerLoss(discriminator=disc, adversarial_weight=0.1, adversarial_frames=-1)
+
+
 def test_tokenizer_loss_requires_its_modules() -> None:
     with pytest.raises(ValueError, match="needs a discriminator"):
         TokenizerLoss(adversarial_weight=0.1)
