@@ -59,6 +59,9 @@ class TokenizerConfig:
     spatial_window: int = 0  # > 0: spatial attention only within this many rows/columns (0 = whole frame)
     decoder_spatial_window: int | None = None  # the decoder's own window (None = spatial_window): a wider one lets it
     # draw a patch from its neighbours' codes while each code still describes only its own patch
+    refine_channels: int = 0  # > 0: per-frame 3x3 convolutions of this width after the patch heads (0 = none): they
+    # reconcile neighbouring patches that disagree on where an edge lies
+    refine_features: int = 16  # per-pixel features the refiner gets from the tokens, beside the drawn colours
     quantizer: Literal["vq", "fsq", "lfq"] = "vq"
     codebook_size: int = 1024
     codebook_dim: int = 32  # vq: projected lookup dim (factorised codes)
@@ -90,6 +93,9 @@ class TokenizerConfig:
         if self.decoder_spatial_window is not None and self.decoder_spatial_window < 0:
             raise ConfigError("tokenizer.decoder_spatial_window must be >= 0 (0 = whole frame) or null (the "
                               f"encoder's spatial_window), got {self.decoder_spatial_window}")
+        if self.refine_channels < 0 or self.refine_features < 0:
+            raise ConfigError("tokenizer.refine_channels and tokenizer.refine_features must be >= 0, got "
+                              f"{self.refine_channels} and {self.refine_features}")
         if self.quantizer == "fsq":
             size = 1
             for level in self.fsq_levels:

@@ -8,7 +8,8 @@ video with one token-frame, and a clip's first token-frame is an image code.
 Encoder: a spatial transformer (full attention inside each token-frame, 2-D positions)
 then a temporal transformer (attention along T' at each spatial position, causal mask,
 rotary positions). Decoder: the mirror (temporal, spatial, then a linear head for the
-first frame and one for tubelets). Nothing attends to a later token-frame, so a
+first frame and one for tubelets; optionally a refiner, 3x3 convolutions within each
+frame). Nothing attends to a later token-frame, so a
 prefix of a video always encodes to a prefix of its tokens, and decoding a prefix of
 tokens gives a prefix of the frames. Rotary positions (no absolute table in time)
 let the model encode clips longer than it was trained on.
@@ -234,6 +235,60 @@ class SpatioTemporal(nn.Module):
 # ----------------------------------------------------------------------------- quantizer
 
 
+def unpatchify(first: Tensor, rest: Tensor, patch_size: int, temporal_patch_size: int) -> Tensor:
+    """Per-token patch values -> pixels: first [B, 1, H', W', c*p*p], rest [B, T'-1, H', W', c*pt*p*p]
+    -> [B, c, 1 + pt*(T'-1), H, W]."""
+    p, pt = patch_size, temporal_patch_size
+    first = rearrange(first, "b t h w (c p1 p2) -> b c t (h p1) (w p2)", p1=p, p2=p)
+    rest = rearrange(rest, "b t h w (c pt p1 p2) -> b c (t pt) (h p1) (w p2)", pt=pt, p1=p, p2=p)
+    return torch.cat([first, rest], dim=2)
+
+
+class PixelRefiner(nn.Module):
+    """3x3 convolutions over each decoded frame, fed its colours and per-pixel token features.
+
+    Each patch head draws its patch from its own token, so two neighbouring patches can
+    disagree on where an edge crosses their border (a one-pixel step along a square's
+    side); convolutions see both sides. Every frame is refined on its own, so the
+    decoder stays causal. The output convolution starts at zero: a refiner added to a
+    trained tokenizer starts as the identity and can only be trained up from there.
+    """
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        c, p, pt, f, width = (config.channels, config.patch_size, config.temporal_patch_size,
+                              config.refine_features, config.refine_channels)
+        self.features, self.patch = f, (p, pt)
+        self.first_features = nn.Linear(config.dim, f * p * p) if f else None
+        self.tubelet_features = nn.Linear(config.dim, f * pt * p * p) if f else None
+        self.net = nn.Sequential(
+            nn.Conv2d(c + f, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.GELU(),
+            nn.Conv2d(width, c, 3, padding=1),
+        )
+        for module in (self.first_features, self.tubelet_features):
+            if module is not None:
+                module.apply(_init_weights)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    @property
+    def out_weight(self) -> Tensor:
+        return self.net[-1].weight
+
+    def forward(self, tokens: Tensor, pixels: Tensor) -> Tensor:
+        """tokens [B, T', H', W', D], pixels [B, c, T, H, W] on the [-1, 1] scale -> refined pixels."""
+        x = pixels
+        if self.features:
+            feats = unpatchify(self.first_features(tokens[:, :1]), self.tubelet_features(tokens[:, 1:]),
+                               *self.patch)
+            x = torch.cat([x, feats.to(x.dtype)], dim=1)
+        b, t = x.shape[0], x.shape[2]
+        x = rearrange(x, "b c t h w -> (b t) c h w").contiguous(memory_format=torch.channels_last)
+        delta = rearrange(self.net(x), "(b t) c h w -> b c t h w", b=b, t=t)
+        return pixels + delta.to(pixels.dtype)
+
+
 class CodebookQuantizer(nn.Module):
     """One interface over vector-quantize-pytorch's VQ / FSQ / LFQ, always in float32.
 
@@ -336,6 +391,7 @@ class CViViT(nn.Module, PretrainedMixin):
         self.decoder = SpatioTemporal(config, spatial_first=False, spatial_window=config.decoder_window)
         self.first_head = nn.Linear(config.dim, c * p * p)
         self.tubelet_head = nn.Linear(config.dim, c * pt * p * p)
+        self.refiner = PixelRefiner(config) if config.refine_channels else None
         for module in (self.first_embed, self.tubelet_embed, self.encoder, self.decoder, self.first_head, self.tubelet_head):
             module.apply(_init_weights)  # the quantizer keeps its library's own init
 
@@ -363,6 +419,8 @@ class CViViT(nn.Module, PretrainedMixin):
     @property
     def last_layer_weights(self) -> list[Tensor]:
         """The decoder's output weights (for VQGAN's adaptive adversarial weight)."""
+        if self.refiner is not None:
+            return [self.refiner.out_weight]
         return [self.first_head.weight, self.tubelet_head.weight]
 
     # -- validation ----------------------------------------------------------
@@ -425,16 +483,11 @@ class CViViT(nn.Module, PretrainedMixin):
 
     def _unembed(self, x: Tensor) -> Tensor:
         """Token grid [B, T', H', W', D] -> pixels [B, C, T, H, W] (unclamped, [0, 1] scale)."""
-        p, pt = self.config.patch_size, self.config.temporal_patch_size
-        first = rearrange(self.first_head(x[:, :1]), "b t h w (c p1 p2) -> b c t (h p1) (w p2)", p1=p, p2=p)
-        rest = rearrange(
-            self.tubelet_head(x[:, 1:]),
-            "b t h w (c pt p1 p2) -> b c (t pt) (h p1) (w p2)",
-            pt=pt,
-            p1=p,
-            p2=p,
-        )
-        return (torch.cat([first, rest], dim=2) + 1) / 2
+        pixels = unpatchify(self.first_head(x[:, :1]), self.tubelet_head(x[:, 1:]),
+                            self.config.patch_size, self.config.temporal_patch_size)
+        if self.refiner is not None:
+            pixels = self.refiner(x, pixels)
+        return (pixels + 1) / 2
 
     def _quantize(self, latents: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         t, h = latents.shape[1], latents.shape[2]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from .config import Config
+from .config import Config, TokenizerConfig
 from .cvivit import CViViT
 from .data import build_dataset
 from .losses import TokenizerLoss, build_discriminator, vgg16_perceptual
@@ -27,16 +27,30 @@ log = logging.getLogger(__name__)
 PREVIEW_CLIPS = 8
 
 
-def _with_decoder_window(model: CViViT, window: int) -> CViViT:
-    """`model` with another decoder attention window: the weights are the same, only the mask changes.
+DECODER_SETTINGS = ("decoder_spatial_window", "refine_channels", "refine_features")
 
-    With `decoder_only` the encoder keeps its window, so the ids keep their meaning, while
-    the decoder learns to draw each patch from its neighbours' codes too.
+
+def _with_decoder_settings(model: CViViT, config: TokenizerConfig) -> CViViT:
+    """`model` with the config's decoder window and refiner, every trained weight kept.
+
+    These settings shape no encoder weight, so a `decoder_only` fine-tune keeps the ids'
+    meaning while the decoder learns to draw each patch from its neighbours' codes (a
+    wider window) or to reconcile patch borders (a refiner, added as the identity).
     """
-    log.info("decoder spatial window %d -> %d (0 = whole frame)", model.config.decoder_window, window)
-    widened = CViViT(dataclasses.replace(model.config, decoder_spatial_window=window))
-    widened.load_state_dict(model.state_dict())
-    return widened
+    changes = {name: getattr(config, name) for name in DECODER_SETTINGS
+               if getattr(config, name) is not None and getattr(config, name) != getattr(model.config, name)}
+    if not changes:
+        return model
+    if model.refiner is not None and {"refine_channels", "refine_features"} & changes.keys():
+        raise ValueError(f"train_tokenizer.init_from already has a refiner ({model.config.refine_channels} channels, "
+                         f"{model.config.refine_features} features); it cannot be resized to {changes}")
+    log.info("decoder settings of the initial tokenizer changed: %s", changes)
+    changed = CViViT(dataclasses.replace(model.config, **changes))
+    missing, unexpected = changed.load_state_dict(model.state_dict(), strict=False)
+    new = [k for k in missing if not k.startswith("refiner.")]
+    if new or unexpected:
+        raise RuntimeError(f"decoder settings {changes} changed trained weights: missing {new}, unexpected {unexpected}")
+    return changed
 
 
 class TokenizerTrainer(Trainer):
@@ -78,7 +92,7 @@ class TokenizerTrainer(Trainer):
     def _initial_model(config: Config) -> CViViT:
         """A fresh tokenizer, or (`init_from`) a trained one whose architecture becomes the config's.
 
-        The one setting the config may still change is `decoder_spatial_window`: it shapes no weight.
+        The config may still change the decoder's window and add a refiner (`DECODER_SETTINGS`).
         """
         init_from = config.train_tokenizer.init_from
         if init_from is None:
@@ -86,10 +100,7 @@ class TokenizerTrainer(Trainer):
                 raise ValueError("train_tokenizer.decoder_only needs train_tokenizer.init_from: "
                                  "a trained tokenizer whose encoder stays frozen")
             return CViViT(config.tokenizer)
-        model = CViViT.from_pretrained(init_from)
-        window = config.tokenizer.decoder_spatial_window
-        if window is not None and window != model.config.decoder_window:
-            model = _with_decoder_window(model, window)
+        model = _with_decoder_settings(CViViT.from_pretrained(init_from), config.tokenizer)
         if model.config != config.tokenizer:
             log.info("tokenizer architecture taken from %s (init_from), not from the config", init_from)
             config.tokenizer = model.config

@@ -206,6 +206,50 @@ def test_windowed_tokenizer_is_still_causal(quantizer: str, decoder_window: int 
     torch.testing.assert_close(model.decode(full[:, :3]), decoded[:, :, : 1 + PT * 2], rtol=0, atol=1e-5)
 
 
+def test_refiner_starts_as_the_identity_and_keeps_the_decoder_causal() -> None:
+    """A refiner added to a trained tokenizer draws exactly what it drew before; once trained
+    (here: random weights) it changes pixels, and a prefix of ids still decodes to a prefix of frames."""
+    plain = make_model(quantizer="fsq", spatial_window=1)
+    refined = CViViT(dataclasses.replace(plain.config, refine_channels=8, refine_features=4))
+    missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("refiner.") for k in missing) and not unexpected
+    ids = plain.encode(video(frames=11))
+    assert torch.equal(refined.decode(ids), plain.decode(ids))
+    assert refined.last_layer_weights == [refined.refiner.out_weight]
+    with torch.no_grad():
+        for param in refined.refiner.parameters():
+            param.copy_(0.3 * torch.randn_like(param))
+    full = refined.decode(ids)
+    assert not torch.allclose(full, plain.decode(ids), atol=1e-3)
+    for k in range(6):
+        torch.testing.assert_close(refined.decode(ids[:, : 1 + k]), full[:, :, : 1 + PT * k], rtol=0, atol=1e-5)
+    image = refined.decode(refined.encode(video(frames=1)))
+    assert image.shape == (2, 3, 1, 16, 16)
+
+
+def test_refiner_reaches_across_patch_borders() -> None:
+    """A decoder windowed to 1 token draws a bumped latent at token (3, 3) into tokens 2..4 only
+    (pixels 8..19); the refiner's three 3x3 convolutions carry it exactly 3 pixels further."""
+    model = make_model(quantizer="fsq", spatial_window=1, refine_channels=8, refine_features=4, image_size=(32, 32))
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    latents = torch.randn(1, 1, 8, 8, 32)
+    bumped = latents.clone()
+    bumped[:, :, 3, 3] += torch.randn(32)  # not a constant: a LayerNorm would remove that
+
+    def reach(m: CViViT) -> torch.Tensor:
+        with torch.no_grad():
+            return (m._decode_latents(latents) - m._decode_latents(bumped)).abs().amax(dim=(0, 1, 2))
+
+    refined = reach(model)
+    model.refiner = None
+    plain = reach(model)
+    assert plain[8:20, 8:20].max() > 0 and plain[:, 20:].max() == 0 and plain[20:].max() == 0
+    assert refined[8:20, 20:23].min() > 0 and refined[20:23, 8:20].min() > 0
+    assert refined[:, 23:].max() == 0 and refined[23:].max() == 0
+
+
 def test_decoder_is_causal() -> None:
     model = make_model()
     ids = model.encode(video(frames=11))
@@ -315,6 +359,8 @@ def test_bad_config_is_rejected() -> None:
         make_model(spatial_window=-1)
     with pytest.raises(ConfigError, match="decoder_spatial_window"):
         make_model(decoder_spatial_window=-1)
+    with pytest.raises(ConfigError, match="refine_channels"):
+        make_model(refine_channels=-8)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -132,6 +132,27 @@ def test_decoder_only_fine_tuning_can_widen_the_decoder(tmp_path):
     assert not torch.equal(before.decode(ids), after.decode(ids))
 
 
+def test_decoder_only_fine_tuning_can_add_a_refiner(tmp_path):
+    """`tokenizer.refine_channels` adds a refiner to an init_from tokenizer: the ids stay, the
+    trained refiner is exported and changes the drawing; resizing an existing refiner is refused."""
+    base = tiny_config(tmp_path / "first", quantizer="fsq")
+    first = train_tokenizer(base, progress=False)
+    config = tiny_config(tmp_path / "refined", quantizer="fsq", init_from=str(first), decoder_only=True, lr=1e-2)
+    config.tokenizer.refine_channels, config.tokenizer.refine_features = 8, 4
+    tuned = train_tokenizer(config, progress=False)
+    before, after = CViViT.from_pretrained(first), CViViT.from_pretrained(tuned)
+    assert before.refiner is None and after.refiner is not None
+    assert after.refiner.out_weight.abs().max() > 0  # trained away from its identity start
+    pixels = torch.rand(2, 3, 5, 64, 64)
+    ids = before.encode(pixels)
+    assert torch.equal(ids, after.encode(pixels))
+    assert not torch.equal(before.decode(ids), after.decode(ids))
+    again = tiny_config(tmp_path / "again", quantizer="fsq", init_from=str(tuned), decoder_only=True)
+    again.tokenizer.refine_channels, again.tokenizer.refine_features = 16, 4
+    with pytest.raises(ValueError, match="already has a refiner"):
+        train_tokenizer(again, progress=False)
+
+
 def test_decoder_only_needs_a_trained_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="init_from"):
         train_tokenizer(tiny_config(tmp_path / "x", decoder_only=True), progress=False)
