@@ -377,11 +377,22 @@ class MaskGit(nn.Module, PretrainedMixin):
         *,
         drop_text: Tensor | None = None,
         context: TextContext | None = None,
+        only: Tensor | None = None,
     ) -> Tensor:
-        """Float logits [B, T', H', W', codebook_size]; no text and no context = null text."""
+        """Float logits [B, T', H', W', codebook_size]; no text and no context = null text.
+
+        `only` (bool, the shape of `ids`): logits [N, codebook_size] of those positions alone,
+        in row-major order. Training scores the masked tokens only, so the output layer need
+        not run for the rest.
+        """
         self.check_ids(ids)
         ctx = self._resolve_context(ids, text_emb, text_mask, drop_text, context)
         hidden = self.trunk(ids, ctx.kv, ctx.attn_mask)
+        if only is not None:
+            if only.shape != ids.shape or only.dtype != torch.bool:
+                raise ValueError(f"only must be a bool tensor of the ids' shape {tuple(ids.shape)}, got "
+                                 f"{only.dtype} {tuple(only.shape)}")
+            return self.to_logits(hidden.reshape(*ids.shape, -1)[only]).float()
         return self.to_logits(hidden).float().view(*ids.shape, self.codebook_size)
 
     def critic_logits(

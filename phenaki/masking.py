@@ -268,8 +268,12 @@ def maskgit_loss(
     masked = random_mask(ids, schedule, generator, prime)
     drop = text_dropout(b, cond_drop_prob, generator, device=device)
     context = model.prepare_context(text_emb, text_mask, drop_text=drop, batch=b)
-    logits = model(ids.masked_fill(masked, model.mask_id), context=context)
-    picked = logits[masked].float()
+    inputs = ids.masked_fill(masked, model.mask_id)
+    if model.has_critic:  # the critic is trained on samples from every position's logits
+        logits = model(inputs, context=context)
+        picked = logits[masked]
+    else:
+        picked = model(inputs, context=context, only=masked)
     targets = ids[masked]
     loss = F.cross_entropy(picked, targets, label_smoothing=label_smoothing)
     with torch.no_grad():

@@ -259,6 +259,20 @@ def test_continuation_prime() -> None:
 # ----------------------------------------------------------------------------- loss
 
 
+def test_logits_of_chosen_positions_match_the_full_grid() -> None:
+    """`only` runs the output layer on the chosen positions: the same logits as the full grid's."""
+    model = tiny_model()
+    emb, mask = text()
+    x = ids()
+    chosen = torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) < 0.4
+    full = model(x, emb, mask)
+    picked = model(x, emb, mask, only=chosen)
+    assert picked.shape == (int(chosen.sum()), model.codebook_size)
+    torch.testing.assert_close(picked, full[chosen], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="only must be a bool tensor"):
+        model(x, emb, mask, only=chosen[:, :1])
+
+
 def test_maskgit_loss_metrics_and_backward() -> None:
     model = tiny_model().train()
     emb, mask = text()
@@ -274,9 +288,11 @@ def test_maskgit_loss_metrics_and_backward() -> None:
 
 
 def _run_loss_capturing(model: MaskGit, x, emb, mask, p: float, seed: int):
-    """maskgit_loss, returning (metrics, the model's input ids, the model's logits)."""
+    """maskgit_loss, returning (metrics, the model's input ids, its hidden states [B, N, dim]).
+
+    The hidden states, not the logits: training runs the output layer on masked positions only."""
     seen = []
-    handle = model.register_forward_hook(
+    handle = model.trunk.register_forward_hook(
         lambda mod, args, kwargs, out: seen.append((args[0], out)), with_kwargs=True
     )
     try:
@@ -299,7 +315,8 @@ def test_maskgit_loss_dropped_rows_get_the_null_condition() -> None:
     same = torch.tensor([torch.allclose(out_a[i], out_b[i], atol=1e-5) for i in range(8)])
     assert 0 < same.sum() < 8  # some rows dropped, some kept
     assert same.float().mean().item() == metrics["text_dropped"].item()
-    null = model(inp, context=model.null_context(8))
+    null_context = model.null_context(8)
+    null = model.trunk(inp, null_context.kv, null_context.attn_mask)
     assert torch.allclose(out_a[same], null[same], atol=1e-5)  # dropped rows: the null text
     assert not torch.allclose(out_a[~same], null[~same], atol=1e-4)
     _, _, never_a = _run_loss_capturing(model, x, emb, mask, 0.0, seed=3)
