@@ -27,23 +27,28 @@ log = logging.getLogger(__name__)
 PREVIEW_CLIPS = 8
 
 
-DECODER_SETTINGS = ("decoder_spatial_window", "refine_channels", "refine_features")
-
-
 def _with_decoder_settings(model: CViViT, config: TokenizerConfig) -> CViViT:
-    """`model` with the config's decoder window and refiner, every trained weight kept.
+    """`model` with the config's decoder window and (when it has none) refiner, every trained weight kept.
 
     These settings shape no encoder weight, so a `decoder_only` fine-tune keeps the ids'
     meaning while the decoder learns to draw each patch from its neighbours' codes (a
-    wider window) or to reconcile patch borders (a refiner, added as the identity).
+    wider window) or to reconcile patch borders (a refiner, added as the identity). A
+    config without a refiner (`refine_channels: 0`) keeps the trained tokenizer's own.
     """
-    changes = {name: getattr(config, name) for name in DECODER_SETTINGS
-               if getattr(config, name) is not None and getattr(config, name) != getattr(model.config, name)}
+    changes: dict[str, int] = {}
+    window = config.decoder_spatial_window
+    if window is not None and window != model.config.decoder_window:
+        changes["decoder_spatial_window"] = window
+    wanted = (config.refine_channels, config.refine_features)
+    if config.refine_channels:
+        if model.refiner is None:
+            changes.update(refine_channels=wanted[0], refine_features=wanted[1])
+        elif wanted != (model.config.refine_channels, model.config.refine_features):
+            raise ValueError(f"train_tokenizer.init_from already has a refiner ({model.config.refine_channels} "
+                             f"channels, {model.config.refine_features} features); it cannot be resized to "
+                             f"{wanted[0]} channels, {wanted[1]} features")
     if not changes:
         return model
-    if model.refiner is not None and {"refine_channels", "refine_features"} & changes.keys():
-        raise ValueError(f"train_tokenizer.init_from already has a refiner ({model.config.refine_channels} channels, "
-                         f"{model.config.refine_features} features); it cannot be resized to {changes}")
     log.info("decoder settings of the initial tokenizer changed: %s", changes)
     changed = CViViT(dataclasses.replace(model.config, **changes))
     missing, unexpected = changed.load_state_dict(model.state_dict(), strict=False)
@@ -92,7 +97,7 @@ class TokenizerTrainer(Trainer):
     def _initial_model(config: Config) -> CViViT:
         """A fresh tokenizer, or (`init_from`) a trained one whose architecture becomes the config's.
 
-        The config may still change the decoder's window and add a refiner (`DECODER_SETTINGS`).
+        The config may still change the decoder's window and add a refiner (`_with_decoder_settings`).
         """
         init_from = config.train_tokenizer.init_from
         if init_from is None:

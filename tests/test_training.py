@@ -148,9 +148,12 @@ def test_decoder_only_fine_tuning_can_add_a_refiner(tmp_path):
     assert torch.equal(ids, after.encode(pixels))
     assert not torch.equal(before.decode(ids), after.decode(ids))
     again = tiny_config(tmp_path / "again", quantizer="fsq", init_from=str(tuned), decoder_only=True)
-    again.tokenizer.refine_channels, again.tokenizer.refine_features = 16, 4
+    kept = CViViT.from_pretrained(train_tokenizer(again, progress=False))  # a config without one keeps the refiner
+    assert kept.refiner is not None and kept.config.refine_channels == 8
+    resized = tiny_config(tmp_path / "resized", quantizer="fsq", init_from=str(tuned), decoder_only=True)
+    resized.tokenizer.refine_channels, resized.tokenizer.refine_features = 16, 4
     with pytest.raises(ValueError, match="already has a refiner"):
-        train_tokenizer(again, progress=False)
+        train_tokenizer(resized, progress=False)
 
 
 def test_decoder_only_needs_a_trained_tokenizer(tmp_path):
