@@ -58,6 +58,8 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Decoding steps per scene.")
 @click.option("--guidance", type=click.FloatRange(min=0.0), default=None, help="Classifier-free guidance scale.")
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None)
+@click.option("--temporal-bias", type=click.FloatRange(min=0.0), default=None,
+              help="Confidence lost per token-frame: earlier token-frames are revealed first (0 = none).")
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--first-frames", type=click.IntRange(min=1), default=None,
               help="Frames of the first scene (1 = text-to-image).")
@@ -281,12 +283,15 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 @click.option("--guidance", type=click.FloatRange(min=0.0), default=None, help="Override the guidance scale.")
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=None,
               help="Override the sampling temperature (0 = greedy).")
+@click.option("--temporal-bias", type=click.FloatRange(min=0.0), default=None,
+              help="Override the temporal bias (earlier token-frames revealed first; 0 = none).")
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
 def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_path: Path | None,
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
-                guidance: float | None, temperature: float | None, tokenizer_ceiling: bool) -> None:
+                guidance: float | None, temperature: float | None, temporal_bias: float | None,
+                tokenizer_ceiling: bool) -> None:
     """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
     import json
 
@@ -321,7 +326,7 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
         result = evaluate_shapes(pipe, stories, seed, num_scenes=scenes, holdout=holdout,
                                  heldout_fraction=heldout_fraction, progress=bar.update,
                                  generate_kwargs={"steps": steps, "guidance": guidance,
-                                                  "temperature": temperature})
+                                                  "temperature": temperature, "temporal_bias": temporal_bias})
     result["checkpoint"] = str(checkpoint)
     result["tokenizer_ceiling"] = tokenizer_ceiling
     click.echo(format_shapes_table(result))

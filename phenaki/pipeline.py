@@ -223,6 +223,7 @@ class Phenaki:
         steps: int | None = None,
         guidance: float | None = None,
         temperature: float | None = None,
+        temporal_bias: float | None = None,
         scene_frames: int | None = None,
         scene_seconds: float | None = None,
         first_frames: int | None = None,
@@ -239,7 +240,8 @@ class Phenaki:
         carry per-scene settings as in story files: `a red ball rises [frames=12]`.
         Scene 1 has `first_frames` frames, later scenes `scene_frames` new frames each
         (or `scene_seconds` * fps). A request of 1 frame for a single scene is
-        text-to-image. `prime` continues a user's video instead of starting afresh; its
+        text-to-image. `temporal_bias` overrides the sampling settings' (larger: earlier
+        token-frames are revealed first). `prime` continues a user's video instead of starting afresh; its
         frames open the output and its scene is labelled "<prime>". `progress`: True for a
         tqdm bar on stderr (what `phenaki-sample` shows), or a callback
         `(done, total, scene, scenes)`; the library itself stays quiet by default.
@@ -273,7 +275,7 @@ class Phenaki:
             top_p=s.top_p,
             guidance_ramp=s.guidance_ramp,
             choice_temperature=s.choice_temperature,
-            temporal_bias=s.temporal_bias,
+            temporal_bias=s.temporal_bias if temporal_bias is None else temporal_bias,
         )
         self._check_lengths(settings)
         requests = [[SceneRequest.from_story(p, self.fps, self.temporal_patch) for p in story] for story in stories]
@@ -439,7 +441,8 @@ def run_cli_sample(scenes: list[StoryScene], **options: Any) -> None:
     pipe = Phenaki.from_pretrained(options["checkpoint"], device=options["device"], dtype=options["dtype"])
     kwargs = {
         "seed": options["seed"], "steps": options["steps"], "guidance": options["guidance"],
-        "temperature": options["temperature"], "scene_frames": options["scene_frames"],
+        "temperature": options["temperature"], "temporal_bias": options["temporal_bias"],
+        "scene_frames": options["scene_frames"],
         "scene_seconds": options["scene_seconds"], "context_frames": options["context_frames"],
         "first_frames": options["first_frames"],
         "prime": options["prime"], "num_samples": options["num_samples"], "progress": True,

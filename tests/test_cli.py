@@ -49,6 +49,7 @@ def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], "--steps"),
     (["--guidance", "-1"], "--guidance"),
+    (["--temporal-bias", "-1"], "--temporal-bias"),
     (["--dtype", "int8"], "--dtype"),
     (["--scene-frames", "4", "--scene-seconds", "1"], "not both"),
 ])

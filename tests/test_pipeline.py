@@ -33,6 +33,14 @@ def test_story_has_every_frame_once_with_scene_ranges(pipe):
     assert video.metadata["settings"]["seed"] == 1 and video.metadata["prompts"] == STORY
 
 
+def test_temporal_bias_overrides_the_sampling_settings_and_is_recorded(pipe):
+    default = pipe.generate(STORY[:1], seed=2)
+    strict = pipe.generate(STORY[:1], seed=2, temporal_bias=1000.0)
+    assert default.metadata["settings"]["temporal_bias"] == pipe.sampling.temporal_bias
+    assert strict.metadata["settings"]["temporal_bias"] == 1000.0
+    assert not torch.equal(default.frames, strict.frames)  # another reveal order, another sample
+
+
 def test_library_is_quiet_unless_a_bar_is_asked_for(pipe, capsys):
     pipe.generate(STORY[:1], seed=0)
     assert capsys.readouterr().err == ""
