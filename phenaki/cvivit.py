@@ -232,7 +232,7 @@ class SpatioTemporal(nn.Module):
         return self._spatial(self._temporal(x))
 
 
-# ----------------------------------------------------------------------------- quantizer
+# ----------------------------------------------------------------------------- decoder output
 
 
 def unpatchify(first: Tensor, rest: Tensor, patch_size: int, temporal_patch_size: int) -> Tensor:
@@ -287,6 +287,9 @@ class PixelRefiner(nn.Module):
         x = rearrange(x, "b c t h w -> (b t) c h w").contiguous(memory_format=torch.channels_last)
         delta = rearrange(self.net(x), "(b t) c h w -> b c t h w", b=b, t=t)
         return pixels + delta.to(pixels.dtype)
+
+
+# ----------------------------------------------------------------------------- quantizer
 
 
 class CodebookQuantizer(nn.Module):
