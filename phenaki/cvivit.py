@@ -258,7 +258,7 @@ class PixelRefiner(nn.Module):
         super().__init__()
         c, p, pt, f, width = (config.channels, config.patch_size, config.temporal_patch_size,
                               config.refine_features, config.refine_channels)
-        self.features, self.patch = f, (p, pt)
+        self.patch = (p, pt)
         self.first_features = nn.Linear(config.dim, f * p * p) if f else None
         self.tubelet_features = nn.Linear(config.dim, f * pt * p * p) if f else None
         self.net = nn.Sequential(
@@ -279,7 +279,7 @@ class PixelRefiner(nn.Module):
     def forward(self, tokens: Tensor, pixels: Tensor) -> Tensor:
         """tokens [B, T', H', W', D], pixels [B, c, T, H, W] on the [-1, 1] scale -> refined pixels."""
         x = pixels
-        if self.features:
+        if self.first_features is not None:
             feats = unpatchify(self.first_features(tokens[:, :1]), self.tubelet_features(tokens[:, 1:]),
                                *self.patch)
             x = torch.cat([x, feats.to(x.dtype)], dim=1)
