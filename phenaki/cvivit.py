@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .attention import attend
 from .checkpoint import PretrainedMixin
 from .torch_utils import eval_mode
 from .config import ConfigError, TokenizerConfig
@@ -119,7 +120,7 @@ class Rotary(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through SDPA, optionally causal and rotary."""
+    """Multi-head self-attention (`attend`), optionally causal and rotary."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, dropout: float, causal: bool) -> None:
         super().__init__()
@@ -131,9 +132,7 @@ class Attention(nn.Module):
         q, k, v = rearrange(self.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=self.causal, dropout_p=self.dropout if self.training else 0.0
-        )
+        out = attend(q, k, v, mask=mask, causal=self.causal, dropout=self.dropout if self.training else 0.0)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 

@@ -7,8 +7,8 @@ Output: float logits [B, T', H', W', codebook_size].
 Positions are three factorised learned tables (t, h, w) added by broadcasting: no
 grid is materialised and nothing is recomputed per call beyond that one add.
 Every block is pre-norm: full self-attention, cross-attention to the text (padded
-text keys are masked out), SwiGLU MLP. All attention is
-`F.scaled_dot_product_attention`, so fused kernels are used wherever they exist.
+text keys are masked out), SwiGLU MLP. All attention goes through
+`phenaki.attention.attend`: fused SDPA kernels, except in bf16 CPU training.
 
 Text goes through `prepare_context` (norm + projection + the per-layer cross-attention
 keys/values), so a sampler computes it once per call and reuses it for every step;
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attend
 from .checkpoint import PretrainedMixin
 from .config import TransformerConfig
 
@@ -90,7 +91,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = (_split_heads(part, self.heads) for part in self.to_qkv(x).chunk(3, dim=-1))
         p = self.dropout if self.training else 0.0
-        return self.to_out(_merge_heads(F.scaled_dot_product_attention(q, k, v, dropout_p=p)))
+        return self.to_out(_merge_heads(attend(q, k, v, dropout=p)))
 
 
 class CrossAttention(nn.Module):
@@ -113,7 +114,7 @@ class CrossAttention(nn.Module):
         q = _split_heads(self.to_q(x), self.heads)
         k, v = (t.to(q.dtype) for t in kv)  # context may come from another autocast scope
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        out = attend(q, k, v, mask=attn_mask, dropout=p)
         return self.to_out(_merge_heads(out))
 
 
