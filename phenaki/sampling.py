@@ -129,21 +129,23 @@ def _contexts(
     return model.prepare_context(text_emb, text_mask, drop_text=drop)
 
 
-def _guided_logits(model: MaskGit, ids: Tensor, context: TextContext, guided: bool, scale: float) -> Tensor:
-    """Float logits [B, N, V], guidance applied (one forward of batch 2B when guided)."""
-    b = ids.shape[0]
-    logits = model(torch.cat([ids, ids]) if guided else ids, context=context).float()
-    logits = logits.view(logits.shape[0], -1, logits.shape[-1])
+def _guided_logits(
+    model: MaskGit, ids: Tensor, context: TextContext, guided: bool, scale: float, only: Tensor
+) -> Tensor:
+    """Float logits [M, V] of the M positions in `only`, guidance applied (one forward of batch 2B
+    when guided). Revealed and prime positions are never re-sampled, so their logits (and the
+    softmax and noise over the codebook) are not computed."""
     if not guided:
-        return logits
-    cond, uncond = logits[:b], logits[b:]
+        return model(ids, context=context, only=only).float()
+    logits = model(torch.cat([ids, ids]), context=context, only=torch.cat([only, only])).float()
+    cond, uncond = logits.chunk(2)  # row-major selection: every conditional row comes first
     return uncond + scale * (cond - uncond)
 
 
 def _pick(
     logits: Tensor, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
-    """Sample one token per position; return (tokens [B, N], their log-probs [B, N])."""
+    """Sample one token per row of logits [..., V]; return (tokens, their log-probs)."""
     if temperature > 0:
         logits = logits / temperature
     logits = filter_logits(logits, top_k, top_p)
@@ -272,14 +274,16 @@ def _step(
     b, n = ids.shape
     h, w = model.token_grid
     unknown = ids == model.mask_id
-    logits = _guided_logits(model, ids.view(b, -1, h, w), context, guided, scale)
-    tokens, confidence = _pick(logits, temperature, top_k, top_p, generator)
-    filled = torch.where(unknown, tokens, ids)
+    logits = _guided_logits(model, ids.view(b, -1, h, w), context, guided, scale, unknown.view(b, -1, h, w))
+    tokens, log_probs = _pick(logits, temperature, top_k, top_p, generator)
+    filled = ids.masked_scatter(unknown, tokens)
     if keep_masked == 0:
         return filled
     if critic_ctx is not None:
         wrong = model.critic_logits(filled.view(b, -1, h, w), context=critic_ctx).view(b, n)
         confidence = F.logsigmoid(-wrong)  # log P(token is right)
+    else:
+        confidence = torch.zeros((b, n), dtype=log_probs.dtype, device=ids.device).masked_scatter(unknown, log_probs)
     noise_scale = choice_temperature * (1.0 - (step + 1) / steps)
     if noise_scale > 0:
         confidence = confidence + noise_scale * gumbel((b, n), generator, ids.device)

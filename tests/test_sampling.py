@@ -203,6 +203,26 @@ def test_guidance_formula() -> None:
         assert torch.equal(sample(model, emb, mask, guidance=s, **one_step), expected)
 
 
+def test_only_masked_positions_are_scored() -> None:
+    """Prime tokens are never re-sampled, so the output layer scores the masked positions
+    alone; guidance still pairs each conditional row with its own unconditional row."""
+    model = tiny_model()
+    emb, mask = text()
+    prime = torch.randint(0, 16, (2, 1, 4, 4), generator=gen(3))
+    x = torch.cat([prime, torch.full((2, 2, 4, 4), model.mask_id)], dim=1)
+    rows: list[int] = []
+    handle = model.to_logits.register_forward_pre_hook(lambda module, args: rows.append(args[0].shape[0]))
+    try:
+        out = sample(model, emb, mask, num_token_frames=3, prime=prime, steps=1, guidance=2.0, temperature=0.0)
+    finally:
+        handle.remove()
+    assert rows == [2 * 2 * 32]  # conditional + unconditional rows x 2 clips x 32 masked positions
+    cond, uncond = model(x, emb, mask), model(x, context=model.null_context(2))
+    expected = (uncond + 2.0 * (cond - uncond)).argmax(-1)
+    assert torch.equal(out[:, :1], prime)
+    assert torch.equal(out[:, 1:], expected[:, 1:])
+
+
 def test_sampler_restores_training_mode_and_validates() -> None:
     model = tiny_model().train()
     emb, mask = text()
