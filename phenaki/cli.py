@@ -214,7 +214,9 @@ def eval_main(verbose: bool) -> None:
               help="A dataset folder (captions.jsonl/csv), or 'shapes' for fresh Shapes clips.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="With --data shapes: use this config's held-out combinations.")
-@click.option("--clips", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--clips", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Clips to evaluate. Codebook usage counts the distinct codes these clips contain, so "
+                   "a small sample understates it (mostly background tokens).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=8.0, show_default=True)
 @click.option("--seed", type=int, default=1234, show_default=True)
