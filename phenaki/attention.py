@@ -1,13 +1,12 @@
 """Scaled dot-product attention for every transformer in the package, with one CPU exception.
 
-`attend` is `F.scaled_dot_product_attention` everywhere except when gradients flow
-through bf16 tensors on a CPU. There torch's fused CPU kernel runs its backward pass
-1.5-6x slower than three explicit products at this package's sizes (384 tokens of 64
-wide heads for MaskGit, 64-token frames and 6-token columns of 32 wide heads for the
-tokenizer; see BENCHMARKS.md), so training takes the explicit path: (q k^T) scaled,
-masked, softmax, times v, all in bf16 (softmax accumulates in float32 internally).
-Inference keeps the fused kernel, whose forward pass is as fast or faster and a
-little more accurate.
+`attend` is `F.scaled_dot_product_attention` everywhere except for bf16 tensors on a
+CPU. There three explicit products are faster than torch's fused CPU kernel at this
+package's sizes (384 tokens of 64 wide heads for MaskGit, 64-token frames and 6-token
+columns of 32 wide heads for the tokenizer; see BENCHMARKS.md): its backward pass by
+1.5-6x in training, and sampling a clip by about a fifth. So bf16 on a CPU takes the
+explicit path: (q k^T) scaled, masked, softmax, times v, all in bf16 (softmax
+accumulates in float32 internally). fp32, and every GPU, keep the fused kernel.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ __all__ = ["attend", "uses_explicit_attention"]
 
 
 def uses_explicit_attention(q: Tensor) -> bool:
-    """Whether `attend` takes the explicit path for `q`: bf16 on a CPU, with gradients."""
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled() and q.requires_grad
+    """Whether `attend` takes the explicit path for `q`: bf16 on a CPU (training or inference)."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,

@@ -1,4 +1,4 @@
-"""`attend`: the explicit bf16 training path computes what SDPA computes, values and gradients."""
+"""`attend`: the explicit bf16 CPU path computes what SDPA computes, values and gradients."""
 
 from __future__ import annotations
 
@@ -60,12 +60,23 @@ def test_causal_path_sees_no_later_key() -> None:
     assert not torch.equal(out[..., 5:, :], out2[..., 5:, :])
 
 
-def test_inference_and_fp32_use_sdpa() -> None:
-    q, k, v = _qkv(6, 6)
-    assert not uses_explicit_attention(q.requires_grad_())  # fp32
-    low = q.detach().bfloat16()
-    assert not uses_explicit_attention(low)  # no gradient wanted
+@pytest.mark.parametrize("case", list(CASES))
+def test_explicit_bf16_inference_matches_sdpa(case: str) -> None:
+    """Sampling and decoding in bf16 take the same explicit path, without gradients."""
+    n_q, n_k, kwargs = CASES[case]
+    q, k, v = _qkv(n_q, n_k)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=kwargs.get("mask"), is_causal=kwargs.get("causal", False))
+    low = [t.bfloat16() for t in (q, k, v)]
     with torch.no_grad():
-        assert not uses_explicit_attention(low.clone().requires_grad_())
-        out = attend(low, k.bfloat16(), v.bfloat16())
-    assert torch.equal(out, F.scaled_dot_product_attention(low, k.bfloat16(), v.bfloat16()))
+        assert uses_explicit_attention(low[0])
+        out = attend(*low, **kwargs)
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0.05)
+
+
+def test_fp32_uses_sdpa() -> None:
+    q, k, v = _qkv(6, 6)
+    assert not uses_explicit_attention(q.requires_grad_())
+    with torch.no_grad():
+        assert not uses_explicit_attention(q)
+        out = attend(q, k, v)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
