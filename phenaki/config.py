@@ -225,8 +225,8 @@ class TrainConfig:
     discriminator_lr: float = 1e-4
     gradient_penalty_weight: float = 10.0
     adversarial_frames: int = 0  # > 0: the discriminator scores a random run of this many frames per clip (0 = all)
-    init_from: str | None = None  # tokenizer: a trained tokenizer; maskgit: a pipeline directory (fine-tune it with
-    # fresh optimiser state). Its architecture replaces the config's.
+    init_from: str | None = None  # tokenizer: a trained tokenizer, or a run's checkpoint (its EMA weights);
+    # maskgit: a pipeline directory (fine-tune it with fresh optimiser state). Its architecture replaces the config's.
     decoder_only: bool = False  # freeze the encoder and quantizer: ids keep their meaning, the decoder improves
     # maskgit
     mask_schedule: str = "cosine"

@@ -27,6 +27,29 @@ log = logging.getLogger(__name__)
 PREVIEW_CLIPS = 8
 
 
+def _load_initial(path: str | Path) -> CViViT:
+    """A tokenizer directory, or a training checkpoint (`checkpoints/step-N`) as its EMA weights.
+
+    A checkpoint lets a second stage start from any saved step of a run (e.g. one stopped
+    early with `--stop-at`), not only from its exported `final`.
+    """
+    import json
+
+    from .checkpoint import load_state_dict
+    from .config import from_dict
+
+    root = Path(path)
+    if not (root / "state.json").is_file():
+        return CViViT.from_pretrained(root)
+    if not (root / "ema.safetensors").is_file():
+        raise FileNotFoundError(f"train_tokenizer.init_from: the checkpoint {root} has no ema.safetensors")
+    state = json.loads((root / "state.json").read_text(encoding="utf-8"))
+    model = CViViT(from_dict(TokenizerConfig, state["config"]["tokenizer"], "tokenizer"))
+    model.load_state_dict(load_state_dict(root / "ema.safetensors"))
+    log.info("initial tokenizer: the EMA weights of %s (step %s)", root, state.get("step", "?"))
+    return model
+
+
 def _with_decoder_settings(model: CViViT, config: TokenizerConfig) -> CViViT:
     """`model` with the config's decoder window and (when it has none) refiner, every trained weight kept.
 
@@ -105,7 +128,7 @@ class TokenizerTrainer(Trainer):
                 raise ValueError("train_tokenizer.decoder_only needs train_tokenizer.init_from: "
                                  "a trained tokenizer whose encoder stays frozen")
             return CViViT(config.tokenizer)
-        model = _with_decoder_settings(CViViT.from_pretrained(init_from), config.tokenizer)
+        model = _with_decoder_settings(_load_initial(init_from), config.tokenizer)
         if model.config != config.tokenizer:
             log.info("tokenizer architecture taken from %s (init_from), not from the config", init_from)
             config.tokenizer = model.config

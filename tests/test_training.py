@@ -114,6 +114,27 @@ def test_decoder_only_fine_tuning_keeps_every_id(tmp_path):
     assert not torch.equal(before.tubelet_head.weight, after.tubelet_head.weight)
 
 
+def test_init_from_a_checkpoint_starts_from_its_ema_weights(tmp_path):
+    """A run stopped early (`--stop-at`) leaves no `final`; its checkpoint still seeds a second
+    stage, with the EMA weights that `final` would have held at that step."""
+    train_tokenizer(tiny_config(tmp_path / "first", quantizer="fsq"), stop_at=2, progress=False)
+    ckpt = tmp_path / "first" / "checkpoints" / "step-0000002"
+    assert not (tmp_path / "first" / "final").exists()
+    config = tiny_config(tmp_path / "second", quantizer="fsq", init_from=str(ckpt), decoder_only=True, steps=1)
+    config.tokenizer.dim = 64  # ignored: the architecture comes from the checkpoint
+    from phenaki.tokenizer_trainer import TokenizerTrainer
+
+    start = TokenizerTrainer(config, progress=False).unwrapped
+    assert start.config.dim == 32
+    ema, raw = load_state_dict(ckpt / "ema.safetensors"), load_state_dict(ckpt / "tokenizer.safetensors")
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)  # the two differ, so the check below means something
+    for key, value in start.state_dict().items():
+        assert torch.equal(value, ema[key]), key
+    (ckpt / "ema.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no ema.safetensors"):
+        TokenizerTrainer(config, progress=False)
+
+
 def test_decoder_only_fine_tuning_can_widen_the_decoder(tmp_path):
     """`tokenizer.decoder_spatial_window` applies to an init_from tokenizer: the encoder and its ids
     stay, the exported decoder attends over the whole frame."""
