@@ -32,6 +32,7 @@ setup(
         "click>=8.1",
         "webdataset>=0.2.86",
         "pyyaml>=6",
+        "packaging>=20",
         "tqdm>=4.60",
         "numpy>=1.24",
         "pillow>=9",

@@ -97,6 +97,31 @@ def test_compiled_training_runs_and_exports(tmp_path):
     CViViT.from_pretrained(final)
 
 
+def test_cpu_training_uses_the_fused_adamw_and_it_steps_like_the_plain_one(tmp_path):
+    """The trainer asks for fused AdamW on CPU; a fused step lands where torch's default step does."""
+    from phenaki.tokenizer_trainer import TokenizerTrainer
+
+    trainer = TokenizerTrainer(tiny_config(tmp_path / "run"), progress=False)
+    optimizer = trainer.optimizers["tokenizer"]
+    assert getattr(optimizer, "optimizer", optimizer).defaults["fused"] is True
+
+    torch.manual_seed(0)
+    weights = [torch.randn(8, 8), torch.randn(8)]
+    grads = [torch.randn(8, 8), torch.randn(8)]
+    results = []
+    for fused in (True, None):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01, fused=fused)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach() for p in params])
+    for fused, plain, start in zip(*results, weights):
+        assert not torch.equal(fused, start)
+        torch.testing.assert_close(fused, plain)
+
+
 def test_decoder_only_fine_tuning_keeps_every_id(tmp_path):
     """Starting from a trained tokenizer with a frozen encoder: same ids, a different decoder."""
     first = train_tokenizer(tiny_config(tmp_path / "first", quantizer="vq"), progress=False)
