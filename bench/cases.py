@@ -134,7 +134,12 @@ def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repe
             return phenaki(video_codebook_ids=ids, text_embeds=emb)
 
     model.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    if impl == "ours":  # each side with the optimiser its own trainer builds
+        from phenaki.training import adamw_fused_kwargs
+
+        optimizer = torch.optim.AdamW(params, lr=1e-4, **adamw_fused_kwargs(torch.device(device)))
+    else:
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def step() -> None:
         with _autocast(device, dtype):
