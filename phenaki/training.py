@@ -258,7 +258,9 @@ class Trainer(abc.ABC):
 
         self.config = config
         self.train_cfg = train
-        self.output_dir = Path(output_dir or train.output_dir)
+        if output_dir is not None:  # checkpoints and exports record where the run really lives
+            train.output_dir = str(output_dir)
+        self.output_dir = Path(train.output_dir)
         self.progress = progress
         self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu_only() if cpu is None else cpu)
         set_seed(train.seed + self.accelerator.process_index)

@@ -207,6 +207,19 @@ def test_decoder_only_needs_a_trained_tokenizer(tmp_path):
         train_tokenizer(tiny_config(tmp_path / "x", decoder_only=True), progress=False)
 
 
+def test_output_dir_option_is_what_the_checkpoint_records(tmp_path):
+    """`--output-dir` (the `output_dir` argument) wins over the config's, in the files and in
+    the config saved with each checkpoint, so a resumed run finds its own folder."""
+    elsewhere = tmp_path / "elsewhere"
+    train_tokenizer(tiny_config(tmp_path / "configured"), output_dir=elsewhere, stop_at=2, progress=False)
+    assert not (tmp_path / "configured").exists()
+    state = json.loads((elsewhere / "checkpoints" / "step-0000002" / "state.json").read_text())
+    assert state["config"]["train_tokenizer"]["output_dir"] == str(elsewhere)
+    resumed = train_tokenizer(tiny_config(tmp_path / "configured"), output_dir=elsewhere, resume="latest",
+                              progress=False)
+    assert resumed == elsewhere / "final"
+
+
 def test_resume_rejects_a_non_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
         train_tokenizer(tiny_config(tmp_path / "c"), resume=str(tmp_path), progress=False)
