@@ -208,8 +208,8 @@ def test_decoder_only_needs_a_trained_tokenizer(tmp_path):
 
 
 def test_output_dir_option_is_what_the_checkpoint_records(tmp_path):
-    """`--output-dir` (the `output_dir` argument) wins over the config's, in the files and in
-    the config saved with each checkpoint, so a resumed run finds its own folder."""
+    """`--output-dir` (the `output_dir` argument) wins over the config's: the files go there,
+    the config saved with each checkpoint names it, and a resumed run finishes there."""
     elsewhere = tmp_path / "elsewhere"
     train_tokenizer(tiny_config(tmp_path / "configured"), output_dir=elsewhere, stop_at=2, progress=False)
     assert not (tmp_path / "configured").exists()
