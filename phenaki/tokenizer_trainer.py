@@ -20,7 +20,7 @@ from .cvivit import CViViT
 from .data import build_dataset
 from .losses import TokenizerLoss, build_discriminator, vgg16_perceptual
 from .metrics import codebook_perplexity, codebook_usage, psnr, ssim
-from .training import EMA, Trainer, collate_clips, frames_to_pixels, group_shares, pixels_to_frames
+from .training import EMA, EMA_FILE, STATE_FILE, Trainer, collate_clips, frames_to_pixels, group_shares, pixels_to_frames
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,13 @@ def _load_initial(path: str | Path) -> CViViT:
     from .config import from_dict
 
     root = Path(path)
-    if not (root / "state.json").is_file():
+    if not (root / STATE_FILE).is_file():
         return CViViT.from_pretrained(root)
-    if not (root / "ema.safetensors").is_file():
-        raise FileNotFoundError(f"train_tokenizer.init_from: the checkpoint {root} has no ema.safetensors")
-    state = json.loads((root / "state.json").read_text(encoding="utf-8"))
+    if not (root / EMA_FILE).is_file():
+        raise FileNotFoundError(f"train_tokenizer.init_from: the checkpoint {root} has no {EMA_FILE}")
+    state = json.loads((root / STATE_FILE).read_text(encoding="utf-8"))
     model = CViViT(from_dict(TokenizerConfig, state["config"]["tokenizer"], "tokenizer"))
-    model.load_state_dict(load_state_dict(root / "ema.safetensors"))
+    model.load_state_dict(load_state_dict(root / EMA_FILE))
     log.info("initial tokenizer: the EMA weights of %s (step %s)", root, state.get("step", "?"))
     return model
 

@@ -40,6 +40,8 @@ from .config import Config, TrainConfig, to_dict
 log = logging.getLogger(__name__)
 
 STEP_DIR_RE = re.compile(r"^step-(\d+)$")
+STATE_FILE = "state.json"  # a checkpoint's step and config; its presence marks a checkpoint directory
+EMA_FILE = "ema.safetensors"  # a checkpoint's EMA weights
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -230,8 +232,8 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
         )
         return steps[-1][1] if steps else None
     path = recover_dir(Path(resume))
-    if not (path / "state.json").is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a training checkpoint (no state.json)")
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a training checkpoint (no {STATE_FILE})")
     return path
 
 
@@ -367,7 +369,7 @@ class Trainer(abc.ABC):
             for name, state in states.items():
                 save_state_dict(state, tmp / f"{name}.safetensors")
             if self.ema is not None:
-                save_state_dict(self.ema.state_dict(), tmp / "ema.safetensors")
+                save_state_dict(self.ema.state_dict(), tmp / EMA_FILE)
             torch.save(
                 {
                     "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -376,7 +378,7 @@ class Trainer(abc.ABC):
                 tmp / "optim.pt",
             )
             torch.save({"per_process": rng_states}, tmp / "rng.pt")
-            write_json(tmp / "state.json", {"step": self.step, "config": to_dict(self.config),
+            write_json(tmp / STATE_FILE, {"step": self.step, "config": to_dict(self.config),
                                             "num_processes": self.accelerator.num_processes})
 
         atomic_write_dir(path, write)
@@ -395,7 +397,7 @@ class Trainer(abc.ABC):
         for name, module in self.modules.items():
             self.accelerator.unwrap_model(module).load_state_dict(load_state_dict(path / f"{name}.safetensors"))
         if self.ema is not None:
-            self.ema.load_state_dict(load_state_dict(path / "ema.safetensors"))
+            self.ema.load_state_dict(load_state_dict(path / EMA_FILE))
         optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
         for key, opt in self.optimizers.items():
             opt.load_state_dict(optim["optimizers"][key])
@@ -408,7 +410,7 @@ class Trainer(abc.ABC):
             log.warning("checkpoint was written by %d processes, resuming with %d: random streams differ from "
                         "an uninterrupted run", len(per_process), self.accelerator.num_processes)
         _set_rng_state(per_process[rank % len(per_process)])
-        self.step = json.loads((path / "state.json").read_text())["step"]
+        self.step = json.loads((path / STATE_FILE).read_text())["step"]
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ loop
