@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import torch
 
-from .common import TEXT_LEN, best_of, import_peer, load, peak_memory_mb
+from .common import TEXT_LEN, best_of, gflop, import_peer, load, peak_memory_mb
 
 SAMPLE_STEPS = 12
 GUIDANCE = 3.0
@@ -150,7 +150,7 @@ def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repe
 
     seconds = best_of(step, repeat, _sync(device))
     return {"samples_per_s": batch / seconds, "step_s": seconds, "peak_mb": peak_memory_mb(device),
-            "params_m": sum(p.numel() for p in params) / 1e6}
+            "params_m": sum(p.numel() for p in params) / 1e6, "samples_per_s_gflop": gflop(step) / batch}
 
 
 def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
@@ -162,8 +162,6 @@ def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat
     h, w = cfg.transformer.token_grid
     result: dict[str, Any] = {}
     if impl == "ours":
-        from torch.utils.flop_counter import FlopCounterMode
-
         from phenaki.sampling import sample
 
         tokenizer, model = _ours(cfg, device)
@@ -186,11 +184,9 @@ def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat
             with _autocast(device, dtype):
                 model(ids, context=context)
 
-        with FlopCounterMode(display=False) as counter:
-            forward()
-        flops = counter.get_total_flops()
+        flops = gflop(forward)
         forward_s = best_of(forward, repeat, _sync(device))
-        result.update({"forward_tflops": flops / forward_s / 1e12, "forward_gflop": flops / 1e9})
+        result.update({"forward_tflops": flops / forward_s / 1e3, "forward_gflop": flops})
     else:
         phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
 
@@ -201,7 +197,7 @@ def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat
 
     seconds = best_of(run, repeat, _sync(device))
     result.update({"clip_s": seconds / batch, "call_s": seconds, "tokens_per_s": batch * t * h * w / seconds,
-                   "peak_mb": peak_memory_mb(device)})
+                   "peak_mb": peak_memory_mb(device), "clip_s_gflop": gflop(run) / batch})
     return result
 
 
@@ -274,8 +270,10 @@ def tokenizer(impl: str, config: str, batch: int, dtype: str, device: str, repea
         ids = encode(pixels)
         enc = best_of(lambda: encode(pixels), repeat, _sync(device))
         dec = best_of(lambda: decode(ids), repeat, _sync(device))
+        work = {"encode_fps_gflop": gflop(lambda: encode(pixels)), "decode_fps_gflop": gflop(lambda: decode(ids))}
     frames = batch * cfg.tokenizer.num_frames
-    return {"encode_fps": frames / enc, "decode_fps": frames / dec, "peak_mb": peak_memory_mb(device)}
+    return {"encode_fps": frames / enc, "decode_fps": frames / dec, "peak_mb": peak_memory_mb(device),
+            **{key: value / frames for key, value in work.items()}}
 
 
 CASES = {"tokenizer": tokenizer, "train": train_step, "sample": sampling, "story": story, "matmul": matmul_peak}

@@ -68,6 +68,22 @@ def best_of(fn: Callable[[], object], repeat: int, sync: Callable[[], None] = la
     return min(times)
 
 
+def gflop(fn: Callable[[], object]) -> float:
+    """GFLOP of one call of `fn`: its matrix products, attention and convolutions, as torch counts them.
+
+    The same count for ours and the peer shows whether a speed ratio comes from doing less
+    work or from doing the same work with less overhead. Attention runs on SDPA's math
+    backend while counting: torch has no FLOP formula for its fused CPU kernel, which would
+    count as zero; the math backend's products are the same work.
+    """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, sdpa_kernel([SDPBackend.MATH]):
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
 def peak_memory_mb(device: str) -> float:
     """Peak resident memory of this process (CPU) or peak allocated CUDA memory."""
     import torch

@@ -99,6 +99,35 @@ def table(results: list[dict[str, Any]]) -> str:
                          f"{r['forward_tflops']:.3f} | {share} |")
     for dtype, value in sorted(peaks.items()):
         lines.append(f"| matmul 1024^3 peak | - | - | {dtype} | - | {value:.3f} | 100% |")
+    lines += ["", work_table(results, peaks)]
+    return "\n".join(lines)
+
+
+def work_table(results: list[dict[str, Any]], peaks: dict[str, float]) -> str:
+    """Markdown: the counted GFLOP per unit of each metric, ours and the peer's, and the best
+    ours/peer any code doing our work could reach: all of it at the measured matmul peak,
+    nothing else, against the peer's measured time."""
+    lines = ["| case | config | batch | dtype | per | ours GFLOP | peer GFLOP | ours/peer at most |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["impl"] != "ours" or r["kind"] not in METRICS or "error" in r:
+            continue
+        key = (r["kind"], r["config"], r["batch"], r["dtype"])
+        p = next((q for q in results if q["impl"] == "peer" and "error" not in q
+                  and (q["kind"], q["config"], q["batch"], q["dtype"]) == key), None)
+        for metric, unit, higher in METRICS[r["kind"]]:
+            ours = r.get(f"{metric}_gflop")
+            if ours is None:
+                continue
+            theirs = p.get(f"{metric}_gflop") if p else None
+            bound = "-"
+            peak = peaks.get(r["dtype"])
+            if p and peak and p.get(metric):
+                peer_s = 1 / p[metric] if higher else p[metric]  # the peer's seconds per unit
+                bound = f"{peer_s / (ours / (peak * 1e3)):.2f}x"
+            per = unit.split("/")[0] if higher else unit.split("/")[1]
+            lines.append(f"| {r['kind']} | {r['config']} | {r['batch']} | {r['dtype']} | {per} | {ours:.3g} | "
+                         f"{f'{theirs:.3g}' if theirs is not None else '-'} | {bound} |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,33 @@
+"""The benchmark's work accounting: FLOP counts and the fastest-possible ratio it reports."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import gflop
+from bench.run import work_table
+
+
+def test_gflop_counts_fused_cpu_attention_as_its_products() -> None:
+    """torch has no FLOP formula for the fused CPU attention kernel; the count must not be zero."""
+    q = torch.randn(2, 4, 96, 32)
+    expected = 4 * 2 * 4 * 96 * 96 * 32 / 1e9  # q k^T and weights v, 2 FLOP per multiply-add
+    for dtype in (torch.float32, torch.bfloat16):
+        x = q.to(dtype)
+        assert gflop(lambda: F.scaled_dot_product_attention(x, x, x)) == expected
+    w = torch.randn(64, 32)
+    assert gflop(lambda: q @ w.T) == 2 * 2 * 4 * 96 * 32 * 64 / 1e9
+
+
+def test_work_table_bounds_the_ratio_by_the_matmul_peak() -> None:
+    """Ours at the peak with nothing else: peer seconds / (our GFLOP / peak)."""
+    base = {"kind": "train", "config": "demo", "batch": 16, "dtype": "fp32"}
+    results = [
+        {**base, "impl": "ours", "samples_per_s": 12.0, "samples_per_s_gflop": 10.0},
+        {**base, "impl": "peer", "samples_per_s": 8.0, "samples_per_s_gflop": 16.0},
+        {"kind": "matmul", "impl": "ours", "config": "-", "batch": 1, "dtype": "fp32", "tflops": 0.2},
+    ]
+    table = work_table(results, {"fp32": 0.2})
+    # peer: 0.125 s per sample; ours at 0.2 TFLOP/s: 10 GFLOP -> 0.05 s; at most 2.5x
+    assert "| train | demo | 16 | fp32 | samples | 10 | 16 | 2.50x |" in table
