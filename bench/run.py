@@ -107,8 +107,8 @@ def work_table(results: list[dict[str, Any]], peaks: dict[str, float]) -> str:
     """Markdown: the counted GFLOP per unit of each metric, ours and the peer's, and the best
     ours/peer any code doing our work could reach: all of it at the measured matmul peak,
     nothing else, against the peer's measured time."""
-    lines = ["| case | config | batch | dtype | per | ours GFLOP | peer GFLOP | ours/peer at most |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | config | batch | dtype | metric | GFLOP per | ours GFLOP | peer GFLOP | ours/peer at most |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r["impl"] != "ours" or r["kind"] not in METRICS or "error" in r:
             continue
@@ -125,8 +125,8 @@ def work_table(results: list[dict[str, Any]], peaks: dict[str, float]) -> str:
             if p and peak and p.get(metric):
                 peer_s = 1 / p[metric] if higher else p[metric]  # the peer's seconds per unit
                 bound = f"{peer_s / (ours / (peak * 1e3)):.2f}x"
-            per = unit.split("/")[0] if higher else unit.split("/")[1]
-            lines.append(f"| {r['kind']} | {r['config']} | {r['batch']} | {r['dtype']} | {per} | {ours:.3g} | "
+            per = (unit.split("/")[0] if higher else unit.split("/")[1]).removesuffix("s")
+            lines.append(f"| {r['kind']} | {r['config']} | {r['batch']} | {r['dtype']} | {metric} | {per} | {ours:.3g} | "
                          f"{f'{theirs:.3g}' if theirs is not None else '-'} | {bound} |")
     return "\n".join(lines)
 

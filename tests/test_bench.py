@@ -30,4 +30,4 @@ def test_work_table_bounds_the_ratio_by_the_matmul_peak() -> None:
     ]
     table = work_table(results, {"fp32": 0.2})
     # peer: 0.125 s per sample; ours at 0.2 TFLOP/s: 10 GFLOP -> 0.05 s; at most 2.5x
-    assert "| train | demo | 16 | fp32 | samples | 10 | 16 | 2.50x |" in table
+    assert "| train | demo | 16 | fp32 | samples_per_s | sample | 10 | 16 | 2.50x |" in table
