@@ -505,6 +505,27 @@ def summarise(verdicts: Sequence[SceneVerdict], groups: dict[str, list[int]] | N
 # --------------------------------------------------------------------------- evaluation
 
 
+def bootstrap_interval(stories: Sequence[Sequence[bool]], rounds: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float] | None:
+    """Interval of the share of correct scenes when the stories are redrawn with replacement.
+
+    Scenes of one story share its generation (a cut inherits the scene before it), so the
+    story, not the scene, is the unit resampled. Without it, sampler variants that differ
+    by less than the run-to-run spread look like gains. None when there are no stories.
+    """
+    if not stories:
+        return None
+    rng = random.Random(seed)
+    counts = [(sum(map(bool, story)), len(story)) for story in stories]
+    rates = []
+    for _ in range(rounds):
+        picked = [counts[rng.randrange(len(counts))] for _ in counts]
+        rates.append(sum(c for c, _ in picked) / max(1, sum(n for _, n in picked)))
+    rates.sort()
+    tail = (1.0 - level) / 2
+    return rates[int(tail * (rounds - 1))], rates[int(math.ceil((1.0 - tail) * (rounds - 1)))]
+
+
 def _is_heldout(index: int, stories: int, count: int) -> bool:
     """Spread `count` held-out stories evenly over `stories` (exactly `count` of them)."""
     return (index + 1) * count // stories > index * count // stories
@@ -529,8 +550,10 @@ def evaluate_shapes(
     (every scene held out), the others from the train split.  Story ``i`` is generated
     with ``seed + i``.  `progress`: True for a tqdm bar, or a callable given 1 per
     story.  Returns a JSON-able dict: ``summary`` (``all``, ``seen``, ``heldout``:
-    per-criterion scene rates plus ``stories`` and ``story_correct``, the share of
-    stories whose every scene is correct) and ``stories_detail``.
+    per-criterion scene rates plus ``stories``, ``story_correct``, the share of
+    stories whose every scene is correct, and ``correct_ci95``, the 95% interval of the
+    ``correct`` rate from resampling the stories, see `bootstrap_interval`) and
+    ``stories_detail``.
     """
     if stories < 1:
         raise ValueError(f"stories must be >= 1, got {stories}")
@@ -556,6 +579,7 @@ def evaluate_shapes(
     verdicts: list[SceneVerdict] = []
     groups: dict[str, list[int]] = {"seen": [], "heldout": []}
     story_groups: dict[str, list[bool]] = {"seen": [], "heldout": []}
+    story_scenes: dict[str, list[list[bool]]] = {"seen": [], "heldout": []}
     detail = []
     try:
         for i in range(stories):
@@ -570,6 +594,7 @@ def evaluate_shapes(
             verdicts.extend(story)
             ok = all(v.correct for v in story)
             story_groups[group].append(ok)
+            story_scenes[group].append([v.correct for v in story])
             detail.append({"index": i, "split": split, "seed": seed + i, "prompts": prompts, "correct": ok,
                            "scenes": [v.to_dict() for v in story]})
             step(1)
@@ -579,9 +604,12 @@ def evaluate_shapes(
 
     summary = summarise(verdicts, groups)
     story_groups["all"] = story_groups["seen"] + story_groups["heldout"]
+    story_scenes["all"] = story_scenes["seen"] + story_scenes["heldout"]
     for name, oks in story_groups.items():
         summary[name]["stories"] = len(oks)
         summary[name]["story_correct"] = sum(oks) / len(oks) if oks else None
+        interval = bootstrap_interval(story_scenes[name])
+        summary[name]["correct_ci95"] = None if interval is None else list(interval)
     return {
         "seed": seed,
         "stories": stories,
@@ -606,6 +634,11 @@ def format_shapes_table(result: dict[str, Any]) -> str:
     rows = [("stories", [str(summary[k]["stories"]) for _, k in columns]),
             ("scenes", [str(summary[k]["scenes"]) for _, k in columns])]
     rows += [(name, [pct(summary[k][name]) for _, k in columns]) for name in CRITERIA]
+
+    def interval(value: list[float] | None) -> str:
+        return "-" if value is None else f"{100 * value[0]:.0f}-{100 * value[1]:.0f}%"
+
+    rows.append(("correct, 95% CI", [interval(summary[k].get("correct_ci95")) for _, k in columns]))
     rows.append(("story correct", [pct(summary[k]["story_correct"]) for _, k in columns]))
     width = max(len(name) for name, _ in rows)
     cell = max(8, *(len(v) for _, values in rows for v in values))

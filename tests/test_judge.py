@@ -13,8 +13,8 @@ from phenaki.cli import eval_main
 from phenaki.config import load_config
 from phenaki.data.shapes import (COLOURS, DIRECTIONS, SHAPES, HoldOut, holdout_from_config, parse_prompt,
                                  render_story, sample_story)
-from phenaki.judge import (CRITERIA, colour_distances, evaluate_shapes, format_shapes_table, judge_scene,
-                           judge_story, measure_frames, summarise)
+from phenaki.judge import (CRITERIA, bootstrap_interval, colour_distances, evaluate_shapes, format_shapes_table,
+                           judge_scene, judge_story, measure_frames, summarise)
 from phenaki.video import Video
 
 SCENE_CRITERIA = ("present", "colour", "shape", "direction", "smooth", "correct")
@@ -310,6 +310,29 @@ def test_evaluate_shapes_scores_ground_truth_perfectly(demo_holdout):
     json.dumps(result)
     table = format_shapes_table(result)
     assert "held-out" in table and "story correct" in table and "100.0%" in table
+    assert summary["all"]["correct_ci95"] == [1.0, 1.0]  # every resample is all correct
+    assert "correct, 95% CI" in table and "100-100%" in table
+
+
+def test_bootstrap_interval_resamples_whole_stories():
+    """The interval holds the observed rate, narrows with more stories, and treats a story's
+    scenes as one unit (all-or-nothing stories spread wider than independent scenes)."""
+    import random
+
+    rng = random.Random(1)
+    scenes = [[rng.random() < 0.6 for _ in range(3)] for _ in range(100)]
+    observed = sum(map(sum, scenes)) / 300
+    lo, hi = bootstrap_interval(scenes)
+    assert lo < observed < hi and 0.05 < hi - lo < 0.2
+    lo4, hi4 = bootstrap_interval(scenes * 4)
+    assert hi4 - lo4 < (hi - lo) * 0.7  # four times the stories: about half the width
+    assert bootstrap_interval(scenes) == (lo, hi)  # seeded
+    whole = [[ok] * 3 for ok in (rng.random() < 0.6 for _ in range(100))]  # stories all right or all wrong
+    loose = [[rng.random() < 0.6] for _ in range(300)]  # 300 independent one-scene stories
+    wl, wh = bootstrap_interval(whole)
+    ll, lh = bootstrap_interval(loose)
+    assert wh - wl > 1.3 * (lh - ll)
+    assert bootstrap_interval([]) is None
 
 
 def test_evaluate_shapes_scores_noise_at_zero():
