@@ -578,8 +578,7 @@ def evaluate_shapes(
 
     verdicts: list[SceneVerdict] = []
     groups: dict[str, list[int]] = {"seen": [], "heldout": []}
-    story_groups: dict[str, list[bool]] = {"seen": [], "heldout": []}
-    story_scenes: dict[str, list[list[bool]]] = {"seen": [], "heldout": []}
+    story_scenes: dict[str, list[list[bool]]] = {"seen": [], "heldout": []}  # scene verdicts per story
     detail = []
     try:
         for i in range(stories):
@@ -593,7 +592,6 @@ def evaluate_shapes(
             groups[group].extend(range(len(verdicts), len(verdicts) + len(story)))
             verdicts.extend(story)
             ok = all(v.correct for v in story)
-            story_groups[group].append(ok)
             story_scenes[group].append([v.correct for v in story])
             detail.append({"index": i, "split": split, "seed": seed + i, "prompts": prompts, "correct": ok,
                            "scenes": [v.to_dict() for v in story]})
@@ -603,12 +601,11 @@ def evaluate_shapes(
             bar.close()
 
     summary = summarise(verdicts, groups)
-    story_groups["all"] = story_groups["seen"] + story_groups["heldout"]
     story_scenes["all"] = story_scenes["seen"] + story_scenes["heldout"]
-    for name, oks in story_groups.items():
-        summary[name]["stories"] = len(oks)
-        summary[name]["story_correct"] = sum(oks) / len(oks) if oks else None
-        interval = bootstrap_interval(story_scenes[name])
+    for name, scenes in story_scenes.items():
+        summary[name]["stories"] = len(scenes)
+        summary[name]["story_correct"] = sum(map(all, scenes)) / len(scenes) if scenes else None
+        interval = bootstrap_interval(scenes)
         summary[name]["correct_ci95"] = None if interval is None else list(interval)
     return {
         "seed": seed,
