@@ -337,6 +337,43 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
         click.echo(f"wrote {json_out}")
 
 
+@eval_main.command("compare")
+@click.argument("a_json", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.argument("b_json", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--rounds", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Bootstrap rounds (stories redrawn together for both runs).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the comparison here.")
+def eval_compare(a_json: Path, b_json: Path, rounds: int, json_out: Path | None) -> None:
+    """B against A: two `phenaki-eval shapes --json` results on the same stories, story by story."""
+    import json
+
+    from .comparison import ComparisonError, compare_results, format_comparison
+    from .fileio import atomic_write_text
+
+    results = []
+    for path in (a_json, b_json):
+        try:
+            results.append(json.loads(path.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise click.BadParameter(f"{path} is not JSON: {exc}") from None
+    try:
+        comparison = compare_results(*results, rounds=rounds)
+    except ComparisonError as exc:
+        raise click.ClickException(f"cannot compare {a_json} and {b_json}: {exc}") from None
+    comparison["a"]["file"], comparison["b"]["file"] = str(a_json), str(b_json)
+    for name in ("a", "b"):
+        run = comparison[name]
+        click.echo(f"{name.upper()}: {run['file']} (checkpoint {run['checkpoint']}, settings {run['generate'] or 'defaults'})")
+    for group in ("all", "seen", "heldout"):
+        if comparison["groups"][group]["stories"]:
+            click.echo("")
+            click.echo(format_comparison(comparison, group))
+    if json_out is not None:
+        atomic_write_text(json_out, json.dumps(comparison, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+
+
 def main() -> None:  # pragma: no cover - `python -m phenaki.cli`
     sample_main()
 
