@@ -31,6 +31,7 @@ __all__ = [
     "load_config",
     "from_dict",
     "to_dict",
+    "same_token_ids",
 ]
 
 T = TypeVar("T")
@@ -394,6 +395,29 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     return obj
+
+
+DECODER_ONLY_FIELDS = ("decoder_spatial_window", "refine_channels", "refine_features")
+"""Tokenizer settings that change how ids are drawn, never which ids a clip gets."""
+
+
+def same_token_ids(a: TokenizerConfig | dict[str, Any], b: TokenizerConfig | dict[str, Any]) -> bool:
+    """Whether two tokenizer configs give clips the same ids' meaning (decoder-only settings aside).
+
+    A plain dict (as stored beside a token cache) is read with today's defaults for keys it
+    lacks, so a cache written before a decoder option existed stays usable. A dict that
+    is not a valid config compares unequal.
+    """
+    def encoder_view(cfg: TokenizerConfig | dict[str, Any]) -> dict[str, Any] | None:
+        if isinstance(cfg, dict):
+            try:
+                cfg = from_dict(TokenizerConfig, {k: v for k, v in cfg.items() if k != "class"})
+            except ConfigError:
+                return None
+        return {k: v for k, v in to_dict(cfg).items() if k not in DECODER_ONLY_FIELDS}
+
+    view_a, view_b = encoder_view(a), encoder_view(b)
+    return view_a is not None and view_a == view_b
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:

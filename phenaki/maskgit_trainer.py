@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config, from_dict, to_dict
+from .config import Config, from_dict, same_token_ids, to_dict
 from .cvivit import CViViT
 from .fileio import atomic_write_dir, atomic_write_text
 from .maskgit import MaskGit
@@ -103,7 +103,7 @@ class MaskGitTrainer(Trainer):
         root = Path(init_from)
         if not (root / PIPELINE_FILE).is_file():
             raise ValueError(f"train_maskgit.init_from: {root} is not a pipeline directory (no {PIPELINE_FILE})")
-        if CViViT.load_config(root / "tokenizer") != config.tokenizer:
+        if not same_token_ids(CViViT.load_config(root / "tokenizer"), config.tokenizer):
             raise ValueError(f"train_maskgit.init_from: {root} was trained on the ids of another tokenizer than "
                              "the one given to this run; pass its own tokenizer (--tokenizer "
                              f"{root / 'tokenizer'})")
@@ -216,7 +216,7 @@ def ensure_token_cache(config: Config, tokenizer_dir: Path, *, device: str = "cp
     if (path / MANIFEST).is_file():
         manifest = json.loads((path / MANIFEST).read_text())
         made_with = manifest.get("tokenizer")
-        if made_with is not None and made_with != to_dict(tokenizer.config):
+        if made_with is not None and not same_token_ids(made_with, tokenizer.config):
             raise ValueError(f"the token cache {path} was made with a different tokenizer than {tokenizer_dir}: "
                              "delete it (or set train_maskgit.tokens_cache elsewhere) to tokenise again")
         have = manifest.get("items", 0)

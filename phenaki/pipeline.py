@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import SamplingConfig, from_dict, to_dict
+from .config import SamplingConfig, from_dict, same_token_ids, to_dict
 from .cvivit import CViViT
 from .fileio import atomic_write_dir, atomic_write_text
 from .maskgit import MaskGit
@@ -174,9 +174,10 @@ class Phenaki:
         tokenizer would silently scramble them, so it is refused.
         """
         ours = self.tokenizer
-        if tokenizer.config.spatial_window != ours.config.spatial_window:
-            raise PipelineError(f"the new tokenizer's encoder window ({tokenizer.config.spatial_window}) is not "
-                                f"the pipeline's ({ours.config.spatial_window}); only the decoder may differ")
+        if not same_token_ids(tokenizer.config, ours.config):
+            differ = sorted(k for k, v in to_dict(ours.config).items() if to_dict(tokenizer.config).get(k) != v)
+            raise PipelineError(f"the new tokenizer's settings differ from the pipeline's beyond the decoder "
+                                f"({', '.join(differ)}); only the decoder may differ")
         theirs, mine = tokenizer.encoder_state_dict(), ours.encoder_state_dict()
         if theirs.keys() != mine.keys():
             changed = sorted(theirs.keys() ^ mine.keys())

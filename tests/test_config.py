@@ -76,3 +76,18 @@ def test_round_trip_and_overrides(tmp_path):
 def test_missing_file_is_clear(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_same_token_ids_ignores_decoder_only_settings():
+    from phenaki.config import TokenizerConfig, same_token_ids, to_dict
+
+    base = TokenizerConfig(quantizer="fsq", spatial_window=1)
+    redrawn = TokenizerConfig(quantizer="fsq", spatial_window=1, decoder_spatial_window=0, refine_channels=32,
+                              refine_features=8)
+    assert same_token_ids(base, redrawn)
+    assert not same_token_ids(base, TokenizerConfig(quantizer="fsq", spatial_window=2))
+    assert not same_token_ids(base, TokenizerConfig(quantizer="fsq", spatial_window=1, fsq_levels=[8, 8, 8]))
+    stored = to_dict(base)
+    del stored["refine_channels"], stored["decoder_spatial_window"]  # written before those options existed
+    assert same_token_ids(stored, redrawn)
+    assert not same_token_ids({**stored, "no_such_option": 1}, base)  # unreadable: not the same

@@ -155,6 +155,18 @@ def test_fine_tunes_an_exported_pipeline(tmp_path, tokenizer_dir):
     elsewhere.train_maskgit.init_from = str(first)
     with pytest.raises(ValueError, match="another tokenizer"):
         train_maskgit(elsewhere, other_tok, progress=False)
+    # a decoder-only change (refiner, wider decoder window) keeps the ids: fine-tuning may go on
+    redrawn_tok = tmp_path / "redrawn_tok"
+    CViViT(TokenizerConfig(**{**TOKENIZER, "refine_channels": 8, "decoder_spatial_window": 0})).save_pretrained(
+        redrawn_tok)
+    redrawn = config(tmp_path / "d", steps=1)
+    redrawn.train_maskgit.init_from = str(first)
+    redrawn.train_maskgit.tokens_cache = str(tmp_path / "a" / "tokens")  # the cache of the first run
+    assert (train_maskgit(redrawn, redrawn_tok, progress=False) / "pipeline.json").is_file()
+    elsewhere.train_maskgit.tokens_cache = str(tmp_path / "a" / "tokens")
+    elsewhere.train_maskgit.init_from = None
+    with pytest.raises(ValueError, match="different tokenizer"):  # the cache's ids mean something else
+        train_maskgit(elsewhere, other_tok, progress=False)
     cfg.train_maskgit.init_from = str(tmp_path / "nothing")
     with pytest.raises(ValueError, match="not a pipeline directory"):
         train_maskgit(cfg, tokenizer_dir, progress=False)
