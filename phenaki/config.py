@@ -233,6 +233,8 @@ class TrainConfig:
     mask_schedule: str = "cosine"
     cond_drop_prob: float = 0.1
     continuation_prob: float = 0.3
+    temporal_mask_prob: float = 0.0  # share of samples masked later token-frames first (see masking.random_mask)
+    temporal_mask_spread: float = 1.0  # width of their masked/given frontier, in token-frames
     label_smoothing: float = 0.0
     critic_weight: float = 1.0
     preview_prompts: list[str] = field(default_factory=list)

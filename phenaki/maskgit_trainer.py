@@ -53,6 +53,7 @@ class MaskGitObjective(nn.Module):
             self.maskgit, ids, text_emb, text_mask,
             schedule=cfg.mask_schedule, cond_drop_prob=cfg.cond_drop_prob,
             label_smoothing=cfg.label_smoothing, prime_frames=prime, critic_weight=cfg.critic_weight,
+            temporal_mask_prob=cfg.temporal_mask_prob, temporal_mask_spread=cfg.temporal_mask_spread,
         )
 
 

@@ -165,15 +165,26 @@ def random_mask(
     schedule: str | Schedule = "cosine",
     generator: torch.Generator | None = None,
     prime_frames: int | Tensor | None = None,
+    temporal_prob: float = 0.0,
+    temporal_spread: float = 1.0,
 ) -> Tensor:
     """BoolTensor like `ids` [B, T', H', W']: True where the token is replaced by the mask id.
 
     Per sample r ~ U(0, 1), ceil(gamma(r) * N) of its N maskable tokens are chosen
     uniformly without replacement (never fewer than one). Tokens in the first
     `prime_frames[b]` token-frames are never masked.
+
+    With probability `temporal_prob` a sample is masked later token-frames first instead:
+    token i is masked in order of t_i + `temporal_spread` * u_i (u_i ~ U(0, 1)), so earlier
+    token-frames are mostly given and later ones mostly hidden, with a frontier about
+    `temporal_spread` token-frames wide. These are the states a sampler with a temporal
+    bias walks through, which uniform masking almost never shows the model.
     """
     if ids.dim() != 4:
         raise ValueError(f"ids must be [B, T', H', W'], got shape {tuple(ids.shape)}")
+    _check_prob("temporal mask probability", temporal_prob)
+    if not temporal_spread > 0:
+        raise ValueError(f"temporal_spread must be > 0, got {temporal_spread}")
     gamma = mask_schedule(schedule)
     b, t, h, w = ids.shape
     device = ids.device
@@ -186,6 +197,10 @@ def random_mask(
     # random order of the tokens; prime tokens are pushed behind every maskable one
     scores = uniform((b, t * per_frame), generator, device)
     position = torch.arange(t * per_frame, device=device)
+    if temporal_prob > 0:  # lowest score is masked first: later token-frames, blurred by the spread
+        ordered = 1.0 - (position // per_frame + temporal_spread * scores) / (t + temporal_spread)
+        chosen = uniform((b,), generator, device) < temporal_prob
+        scores = torch.where(chosen[:, None], ordered, scores)
     in_prime = position[None, :] < (prime * per_frame)[:, None]
     scores = scores.masked_fill(in_prime, 2.0)
     rank = scores.argsort(dim=1).argsort(dim=1)
@@ -248,6 +263,8 @@ def maskgit_loss(
     prime_frames: int | Tensor | None = None,
     context_token_frames: int | Tensor | None = None,
     critic_weight: float = 1.0,
+    temporal_mask_prob: float = 0.0,
+    temporal_mask_spread: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One MaskGIT training loss: mask, predict, cross-entropy on the masked tokens only.
 
@@ -265,7 +282,7 @@ def maskgit_loss(
             b, t, continuation_prob, generator, context_token_frames, device=device
         )
     prime = _prime_tensor(prime_frames, b, t, device)
-    masked = random_mask(ids, schedule, generator, prime)
+    masked = random_mask(ids, schedule, generator, prime, temporal_mask_prob, temporal_mask_spread)
     drop = text_dropout(b, cond_drop_prob, generator, device=device)
     context = model.prepare_context(text_emb, text_mask, drop_text=drop, batch=b)
     inputs = ids.masked_fill(masked, model.mask_id)

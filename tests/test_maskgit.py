@@ -234,6 +234,36 @@ def test_random_mask_count_is_exact_and_primes_are_never_masked() -> None:
     assert torch.equal(counts, expected.long())
 
 
+def test_temporal_masking_hides_later_token_frames_first() -> None:
+    """Temporal samples keep the count of ordinary masking but hide later token-frames first,
+    with a frontier about `temporal_spread` token-frames wide; primes stay given."""
+    x = torch.zeros(2000, 6, 4, 4, dtype=torch.long)
+    plain = random_mask(x, "cosine", torch.Generator().manual_seed(3))
+    ordered = random_mask(x, "cosine", torch.Generator().manual_seed(3), temporal_prob=1.0, temporal_spread=1.0)
+    assert torch.equal(plain.flatten(1).sum(1), ordered.flatten(1).sum(1))  # same r, same count
+    per_frame = ordered.float().mean(dim=(2, 3))  # [B, T']
+    assert (per_frame[:, 1:] >= per_frame[:, :-1] - 1e-6).float().mean() > 0.99  # later frames hide more
+    # spread 1: a token-frame is fully hidden once the one before it has anything hidden
+    partial = (per_frame > 0) & (per_frame < 1)
+    assert partial.sum(1).max() <= 2
+    wide = random_mask(x, "cosine", torch.Generator().manual_seed(3), temporal_prob=1.0, temporal_spread=3.0)
+    assert ((wide.float().mean(dim=(2, 3)) > 0) & (wide.float().mean(dim=(2, 3)) < 1)).sum(1).float().mean() > \
+        partial.sum(1).float().mean() + 0.5
+    uniform_frames = plain.float().mean(dim=(2, 3))
+    assert (uniform_frames[:, 0] - uniform_frames[:, -1]).abs().mean() < 0.1  # uniform masking: no such order
+    half = random_mask(x, "cosine", torch.Generator().manual_seed(4), temporal_prob=0.5)
+    first_last = half.float().mean(dim=(2, 3))
+    share = ((first_last[:, -1] - first_last[:, 0]) > 0.5).float().mean().item()
+    assert 0.3 < share < 0.55  # about half the samples are temporal (and most of those have a wide gap)
+    prime = torch.full((2000,), 2)
+    primed = random_mask(x, "cosine", torch.Generator().manual_seed(5), prime_frames=prime, temporal_prob=1.0)
+    assert not primed[:, :2].any() and primed[:, -1].flatten(1).all(dim=1).float().mean() > 0.5
+    with pytest.raises(ValueError, match="temporal mask probability"):
+        random_mask(x, temporal_prob=1.5)
+    with pytest.raises(ValueError, match="temporal_spread"):
+        random_mask(x, temporal_prob=0.5, temporal_spread=0.0)
+
+
 def test_text_dropout_rate() -> None:
     g = torch.Generator().manual_seed(0)
     assert abs(text_dropout(10_000, 0.1, g).float().mean().item() - 0.1) < 0.012
