@@ -32,6 +32,7 @@ __all__ = [
     "from_dict",
     "to_dict",
     "same_token_ids",
+    "DECODER_ONLY_FIELDS",
 ]
 
 T = TypeVar("T")
@@ -400,7 +401,7 @@ def to_dict(obj: Any) -> Any:
 
 
 DECODER_ONLY_FIELDS = ("decoder_spatial_window", "refine_channels", "refine_features")
-"""Tokenizer settings that change how ids are drawn, never which ids a clip gets."""
+"""Tokenizer settings of the decoder alone: they change how ids become pixels, never which ids a clip gets."""
 
 
 def same_token_ids(a: TokenizerConfig | dict[str, Any], b: TokenizerConfig | dict[str, Any]) -> bool:

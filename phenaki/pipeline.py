@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import SamplingConfig, from_dict, same_token_ids, to_dict
+from .config import DECODER_ONLY_FIELDS, SamplingConfig, from_dict, same_token_ids, to_dict
 from .cvivit import CViViT
 from .fileio import atomic_write_dir, atomic_write_text
 from .maskgit import MaskGit
@@ -175,7 +175,9 @@ class Phenaki:
         """
         ours = self.tokenizer
         if not same_token_ids(tokenizer.config, ours.config):
-            differ = sorted(k for k, v in to_dict(ours.config).items() if to_dict(tokenizer.config).get(k) != v)
+            theirs_cfg = to_dict(tokenizer.config)
+            differ = sorted(k for k, v in to_dict(ours.config).items()
+                            if theirs_cfg.get(k) != v and k not in DECODER_ONLY_FIELDS)
             raise PipelineError(f"the new tokenizer's settings differ from the pipeline's beyond the decoder "
                                 f"({', '.join(differ)}); only the decoder may differ")
         theirs, mine = tokenizer.encoder_state_dict(), ours.encoder_state_dict()
