@@ -10,11 +10,10 @@ The story, not the scene, is the unit resampled, as in `judge.bootstrap_interval
 
 from __future__ import annotations
 
-import math
 import random
 from typing import Any, Sequence
 
-from .judge import CRITERIA
+from .judge import CRITERIA, percentile_interval
 
 __all__ = ["ComparisonError", "compare_results", "format_comparison", "paired_difference", "story_verdicts"]
 
@@ -63,9 +62,8 @@ def paired_difference(a: Sequence[Sequence[bool | None]], b: Sequence[Sequence[b
         picked = [pairs[rng.randrange(len(pairs))] for _ in pairs]
         n = sum(p[2] for p in picked)
         rounds_out.append((sum(p[1] for p in picked) - sum(p[0] for p in picked)) / max(1, n))
-    rounds_out.sort()
-    tail = (1.0 - level) / 2
-    return diff, rounds_out[int(tail * (rounds - 1))], rounds_out[int(math.ceil((1.0 - tail) * (rounds - 1)))]
+    lo, hi = percentile_interval(rounds_out, level)
+    return diff, lo, hi
 
 
 def _stories(result: dict[str, Any]) -> list[dict[str, Any]]:

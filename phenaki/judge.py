@@ -130,6 +130,7 @@ __all__ = [
     "TAPER_MAX", "ASPECT_RANGE", "MIN_MOVE", "MOVE_FRACTION", "WALL_TOL", "MAX_STEP", "SIZE_FACTOR",
     "CONTINUITY_PX", "CONTINUITY_TAIL", "CRITERIA", "FrameObject", "SceneVerdict", "colour_distances",
     "measure_frames", "judge_scene", "judge_story", "summarise", "evaluate_shapes", "format_shapes_table",
+    "bootstrap_interval", "percentile_interval",
 ]
 
 # --------------------------------------------------------------------------- thresholds
@@ -521,9 +522,15 @@ def bootstrap_interval(stories: Sequence[Sequence[bool]], rounds: int = 2000, se
     for _ in range(rounds):
         picked = [counts[rng.randrange(len(counts))] for _ in counts]
         rates.append(sum(c for c, _ in picked) / max(1, sum(n for _, n in picked)))
-    rates.sort()
+    return percentile_interval(rates, level)
+
+
+def percentile_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The central `level` share of bootstrap `values` (the percentile interval)."""
+    ordered = sorted(values)
     tail = (1.0 - level) / 2
-    return rates[int(tail * (rounds - 1))], rates[int(math.ceil((1.0 - tail) * (rounds - 1)))]
+    last = len(ordered) - 1
+    return ordered[int(tail * last)], ordered[int(math.ceil((1.0 - tail) * last))]
 
 
 def _is_heldout(index: int, stories: int, count: int) -> bool:
