@@ -33,6 +33,13 @@ def _check_output(out: Path) -> None:
         )
 
 
+def critic_settings(choice: str | None) -> dict[str, bool | None]:
+    """`--critic off|rank|revise` as `generate` arguments (None: the checkpoint's own setting)."""
+    if choice is None:
+        return {"use_critic": None, "critic_revise": None}
+    return {"use_critic": choice != "off", "critic_revise": choice == "revise"}
+
+
 def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[StoryScene]:
     """Scenes from `--prompts FILE` or repeated `--prompt`, never both."""
     if prompts_file is not None and prompt:
@@ -60,6 +67,9 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--temporal-bias", type=click.FloatRange(min=0.0), default=None,
               help="Confidence lost per token-frame: earlier token-frames are revealed first (0 = none).")
+@click.option("--critic", type=click.Choice(["off", "rank", "revise"]), default=None,
+              help="Token critic (the checkpoint's sampling setting by default): off; rank the new tokens by it; "
+                   "revise: it may also send back tokens revealed earlier.")
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--first-frames", type=click.IntRange(min=1), default=None,
               help="Frames of the first scene (1 = text-to-image).")
@@ -90,6 +100,7 @@ def sample_main(**kwargs) -> None:
     from .text import TextEncoderError
     from .video import VideoError
 
+    kwargs.update(critic_settings(kwargs.pop("critic")))
     try:
         run_cli_sample(scenes, **kwargs)
     except (PipelineError, CheckpointError, TextEncoderError, VideoError) as exc:
@@ -287,13 +298,16 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
               help="Override the sampling temperature (0 = greedy).")
 @click.option("--temporal-bias", type=click.FloatRange(min=0.0), default=None,
               help="Override the temporal bias (earlier token-frames revealed first; 0 = none).")
+@click.option("--critic", type=click.Choice(["off", "rank", "revise"]), default=None,
+              help="Token critic (the checkpoint's sampling setting by default): off; rank the new tokens by it; "
+                   "revise: it may also send back tokens revealed earlier.")
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
 def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_path: Path | None,
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
                 guidance: float | None, temperature: float | None, temporal_bias: float | None,
-                tokenizer_ceiling: bool) -> None:
+                critic: str | None, tokenizer_ceiling: bool) -> None:
     """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
     import json
 
@@ -328,7 +342,8 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
         result = evaluate_shapes(pipe, stories, seed, num_scenes=scenes, holdout=holdout,
                                  heldout_fraction=heldout_fraction, progress=bar.update,
                                  generate_kwargs={"steps": steps, "guidance": guidance,
-                                                  "temperature": temperature, "temporal_bias": temporal_bias})
+                                                  "temperature": temperature, "temporal_bias": temporal_bias,
+                                                  **critic_settings(critic)})
     result["checkpoint"] = str(checkpoint)
     result["tokenizer_ceiling"] = tokenizer_ceiling
     click.echo(format_shapes_table(result))

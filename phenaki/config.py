@@ -238,6 +238,8 @@ class TrainConfig:
     temporal_mask_spread: float = 1.0  # width of their masked/given frontier, in token-frames
     label_smoothing: float = 0.0
     critic_weight: float = 1.0
+    critic_only: bool = False  # train only a token critic onto the init_from pipeline's frozen generator and
+    # text encoder (a fresh critic is added when it has none); the generator's samples stay as they were
     preview_prompts: list[str] = field(default_factory=list)
     tokens_cache: str | None = None  # token cache folder (default <output_dir>/tokens)
     cache_items: int | None = None  # clips to tokenise (default data.num_samples)
@@ -256,6 +258,8 @@ class SamplingConfig:
     temperature: float = 1.0
     choice_temperature: float | None = None  # confidence-noise scale; None = temperature
     temporal_bias: float = 0.0  # > 0: reveal earlier token-frames first (>= 100: strictly in order)
+    use_critic: bool = False  # rank tokens by the token critic (the transformer must have one)
+    critic_revise: bool = False  # ... and let it send back tokens revealed at earlier steps
     schedule: str = "cosine"
     top_k: int | None = None
     top_p: float | None = None

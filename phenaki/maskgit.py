@@ -25,6 +25,7 @@ includes it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -230,6 +231,17 @@ class MaskGit(nn.Module, PretrainedMixin):
     @property
     def has_critic(self) -> bool:
         return self.critic is not None
+
+    def with_critic(self) -> MaskGit:
+        """This generator with a fresh token critic added (itself if it has one): a critic can then
+        be trained onto an already trained generator, whose weights are copied unchanged."""
+        if self.critic is not None:
+            return self
+        model = MaskGit(dataclasses.replace(self.config, critic=True)).to(self.device)
+        missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
+        if unexpected or any(not k.startswith(("critic.", "to_critic.")) for k in missing):
+            raise RuntimeError(f"with_critic: state mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model.train(self.training)
 
     @property
     def conditional(self) -> bool:

@@ -54,6 +54,7 @@ class MaskGitObjective(nn.Module):
             schedule=cfg.mask_schedule, cond_drop_prob=cfg.cond_drop_prob,
             label_smoothing=cfg.label_smoothing, prime_frames=prime, critic_weight=cfg.critic_weight,
             temporal_mask_prob=cfg.temporal_mask_prob, temporal_mask_spread=cfg.temporal_mask_spread,
+            critic_only=cfg.critic_only,
         )
 
 
@@ -79,6 +80,10 @@ class MaskGitTrainer(Trainer):
         self.trainable_text = text.trainable
         self.frozen_text = None if text.trainable else text.to(self.device)
         objective = MaskGitObjective(maskgit, text if text.trainable else None, config)
+        if cfg.critic_only:  # the generator and its text encoder stay exactly as trained
+            objective.requires_grad_(False)
+            for part in (maskgit.critic, maskgit.to_critic):
+                part.requires_grad_(True)  # type: ignore[union-attr]
         optimizer = self.make_optimizer([p for p in objective.parameters() if p.requires_grad], cfg.lr)
         self.ema = EMA(objective, cfg.ema_decay)
         self.ema_objective = copy.deepcopy(objective).requires_grad_(False).eval()
@@ -97,6 +102,9 @@ class MaskGitTrainer(Trainer):
         the pipeline's architecture and text vocabulary replace the config's.
         """
         init_from = config.train_maskgit.init_from
+        if config.train_maskgit.critic_only and init_from is None:
+            raise ValueError("train_maskgit.critic_only needs train_maskgit.init_from: the trained pipeline whose "
+                             "generator the critic learns to judge")
         if init_from is None:
             text = TextEncoder.from_config(config.text, captions)
             config.resolve(text_dim=text.dim)
@@ -112,6 +120,9 @@ class MaskGitTrainer(Trainer):
         trainable = config.text.kind == "scratch" or config.text.trainable
         text = pipeline_text_encoder(root, settings, trainable=trainable, cache_dir=config.text.cache_dir)
         maskgit = MaskGit.from_pretrained(root / "transformer")
+        if config.train_maskgit.critic_only and not maskgit.has_critic:
+            log.info("critic_only: adding a fresh token critic to the generator of %s", root)
+            maskgit = maskgit.with_critic()
         if maskgit.config != config.transformer:
             log.info("transformer architecture taken from %s (init_from), not from the config", root)
             config.transformer = maskgit.config

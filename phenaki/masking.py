@@ -265,6 +265,7 @@ def maskgit_loss(
     critic_weight: float = 1.0,
     temporal_mask_prob: float = 0.0,
     temporal_mask_spread: float = 1.0,
+    critic_only: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """One MaskGIT training loss: mask, predict, cross-entropy on the masked tokens only.
 
@@ -272,9 +273,13 @@ def maskgit_loss(
     `continuation_prob`, a random (or `context_token_frames`) prefix is kept clean.
     A fraction `cond_drop_prob` of rows sees the null text (for guidance). With a
     critic, its BCE loss (weight `critic_weight`) is added, trained on the
-    generator's own samples. Metrics are detached 0-dim tensors (no device sync).
+    generator's own samples; with `critic_only` the generator and the text (up to the
+    projected context the critic reads) run without gradient and the loss is the critic's alone (its own cross-entropy is still reported).
+    Metrics are detached 0-dim tensors (no device sync).
     """
     model.check_ids(ids, allow_mask=False)
+    if critic_only and not model.has_critic:
+        raise ValueError("critic_only=True but the model has no token critic (config.critic is False)")
     b, t = ids.shape[:2]
     device = ids.device
     if prime_frames is None:
@@ -284,15 +289,16 @@ def maskgit_loss(
     prime = _prime_tensor(prime_frames, b, t, device)
     masked = random_mask(ids, schedule, generator, prime, temporal_mask_prob, temporal_mask_spread)
     drop = text_dropout(b, cond_drop_prob, generator, device=device)
-    context = model.prepare_context(text_emb, text_mask, drop_text=drop, batch=b)
     inputs = ids.masked_fill(masked, model.mask_id)
-    if model.has_critic:  # the critic is trained on samples from every position's logits
-        logits = model(inputs, context=context)
-        picked = logits[masked]
-    else:
-        picked = model(inputs, context=context, only=masked)
-    targets = ids[masked]
-    loss = F.cross_entropy(picked, targets, label_smoothing=label_smoothing)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not critic_only):
+        context = model.prepare_context(text_emb, text_mask, drop_text=drop, batch=b)
+        if model.has_critic:  # the critic is trained on samples from every position's logits
+            logits = model(inputs, context=context)
+            picked = logits[masked]
+        else:
+            picked = model(inputs, context=context, only=masked)
+        targets = ids[masked]
+        loss = F.cross_entropy(picked, targets, label_smoothing=label_smoothing)
     with torch.no_grad():
         metrics = {
             "loss": loss.detach(),
@@ -304,7 +310,7 @@ def maskgit_loss(
     if model.has_critic:
         filled = fill_with_samples(logits, ids, masked, generator)
         c_loss, c_metrics = critic_loss(model, filled, ids, context=context)
-        loss = loss + critic_weight * c_loss
+        loss = c_loss if critic_only else loss + critic_weight * c_loss
         metrics.update(c_metrics)
         metrics["total_loss"] = loss.detach()
     return loss, metrics

@@ -96,6 +96,8 @@ class GenerationSettings:
     guidance_ramp: bool = False
     choice_temperature: float | None = None
     temporal_bias: float = 0.0
+    use_critic: bool = False
+    critic_revise: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -227,6 +229,8 @@ class Phenaki:
         guidance: float | None = None,
         temperature: float | None = None,
         temporal_bias: float | None = None,
+        use_critic: bool | None = None,
+        critic_revise: bool | None = None,
         scene_frames: int | None = None,
         scene_seconds: float | None = None,
         first_frames: int | None = None,
@@ -244,7 +248,8 @@ class Phenaki:
         Scene 1 has `first_frames` frames, later scenes `scene_frames` new frames each
         (or `scene_seconds` * fps). A request of 1 frame for a single scene is
         text-to-image. `temporal_bias` overrides the sampling settings' (larger: earlier
-        token-frames are revealed first). `prime` continues a user's video instead of starting afresh; its
+        token-frames are revealed first); `use_critic` ranks tokens by the transformer's token
+        critic, and `critic_revise` lets it re-mask tokens revealed earlier. `prime` continues a user's video instead of starting afresh; its
         frames open the output and its scene is labelled "<prime>". `progress`: True for a
         tqdm bar on stderr (what `phenaki-sample` shows), or a callback
         `(done, total, scene, scenes)`; the library itself stays quiet by default.
@@ -279,7 +284,13 @@ class Phenaki:
             guidance_ramp=s.guidance_ramp,
             choice_temperature=s.choice_temperature,
             temporal_bias=s.temporal_bias if temporal_bias is None else temporal_bias,
+            use_critic=s.use_critic if use_critic is None else use_critic,
+            critic_revise=s.critic_revise if critic_revise is None else critic_revise,
         )
+        if (settings.use_critic or settings.critic_revise) and not self.transformer.has_critic:
+            raise PipelineError("use_critic / critic_revise: this model's transformer has no token critic")
+        if settings.critic_revise and not settings.use_critic:
+            raise PipelineError("critic_revise needs use_critic: only the critic can judge revealed tokens")
         self._check_lengths(settings)
         requests = [[SceneRequest.from_story(p, self.fps, self.temporal_patch) for p in story] for story in stories]
         for story in requests[1:]:
@@ -364,6 +375,7 @@ class Phenaki:
                         temperature=settings.temperature if request.temperature is None else request.temperature,
                         schedule=settings.schedule, top_k=settings.top_k, top_p=settings.top_p,
                         choice_temperature=settings.choice_temperature, temporal_bias=settings.temporal_bias,
+                        use_critic=settings.use_critic, critic_revise=settings.critic_revise,
                         generator=generator, progress=report,
                     )
                     pixels = self.tokenizer.decode(ids)
@@ -445,6 +457,7 @@ def run_cli_sample(scenes: list[StoryScene], **options: Any) -> None:
     kwargs = {
         "seed": options["seed"], "steps": options["steps"], "guidance": options["guidance"],
         "temperature": options["temperature"], "temporal_bias": options["temporal_bias"],
+        "use_critic": options["use_critic"], "critic_revise": options["critic_revise"],
         "scene_frames": options["scene_frames"],
         "scene_seconds": options["scene_seconds"], "context_frames": options["context_frames"],
         "first_frames": options["first_frames"],

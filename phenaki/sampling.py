@@ -18,10 +18,12 @@ as in the official MaskGIT, so early choices are diverse and late ones greedy
 (`choice_temperature` defaults to `temperature`; lower keeps early reveals to the
 tokens the model is sure of). With
 `use_critic`, the token critic's log-probability that the token is right replaces
-the generator's log-probability. With `temporal_bias` b > 0 a token in token-frame t
+the generator's log-probability; with `critic_revise` as well, every token outside the
+prime competes for a place at every step, so the critic can send back a token revealed
+earlier (Token-Critic's own sampler) instead of only ranking the new ones. With `temporal_bias` b > 0 a token in token-frame t
 loses b * t of confidence, so earlier token-frames are revealed first (b of 100 or more
 gives strict temporal order): each tubelet is then drawn knowing where the ones before it
-put things. Revealed and prime tokens are never re-masked.
+put things. Prime tokens are never re-masked, revealed ones only with `critic_revise`.
 
 All randomness comes from the `generator` argument: a given seed gives the same
 tokens. Nothing here holds state; the model is put in eval mode for the call and
@@ -179,6 +181,7 @@ def sample(
     temporal_bias: float = 0.0,
     generator: torch.Generator | None = None,
     use_critic: bool = False,
+    critic_revise: bool = False,
     progress: Progress | None = None,
     batch_size: int | None = None,
 ) -> Tensor:
@@ -201,6 +204,8 @@ def sample(
         raise ValueError(f"temporal_bias must be finite and >= 0, got {temporal_bias}")
     if use_critic and not model.has_critic:
         raise ValueError("use_critic=True but the model has no token critic (config.critic is False)")
+    if critic_revise and not use_critic:
+        raise ValueError("critic_revise=True needs use_critic=True: only the critic can judge revealed tokens")
     if not 1 <= num_token_frames <= model.config.max_token_frames:
         raise ValueError(
             f"num_token_frames={num_token_frames} must be in 1..{model.config.max_token_frames} "
@@ -225,6 +230,10 @@ def sample(
     frame_penalty = None
     if temporal_bias > 0:
         frame_penalty = temporal_bias * (torch.arange(ids.shape[1], device=device) // (h * w)).float()
+    # positions that may never be re-masked; None: whatever is revealed stays
+    locked = None
+    if critic_revise:
+        locked = (torch.arange(ids.shape[1], device=device) < prime_frames * h * w).expand(batch, -1)
     with eval_mode(model):
         context = _contexts(model, text_emb, text_mask, batch, guided, float(guidance))
         critic_ctx = _cond_rows(context, batch) if use_critic else None
@@ -236,7 +245,7 @@ def sample(
                 break
             ids = _step(
                 model, ids, context, step, steps, counts[step], guided, scales[step],
-                temperature, choice_temperature, top_k, top_p, generator, critic_ctx, frame_penalty,
+                temperature, choice_temperature, top_k, top_p, generator, critic_ctx, frame_penalty, locked,
             )
             if progress is not None:
                 progress(step + 1, steps)
@@ -269,8 +278,13 @@ def _step(
     generator: torch.Generator | None,
     critic_ctx: TextContext | None,
     frame_penalty: Tensor | None = None,
+    locked: Tensor | None = None,
 ) -> Tensor:
-    """One decoding step on flat ids [B, N]: fill every masked position, re-mask the least sure."""
+    """One decoding step on flat ids [B, N]: fill every masked position, re-mask the least sure.
+
+    Only positions masked at the start of the step compete, unless `locked` [B, N] names
+    the ones that may not (then every other position does).
+    """
     b, n = ids.shape
     h, w = model.token_grid
     unknown = ids == model.mask_id
@@ -289,7 +303,7 @@ def _step(
         confidence = confidence + noise_scale * gumbel((b, n), generator, ids.device)
     if frame_penalty is not None:
         confidence = confidence - frame_penalty.to(confidence.dtype)
-    confidence = confidence.masked_fill(~unknown, math.inf)
+    confidence = confidence.masked_fill(~unknown if locked is None else locked, math.inf)
     remask = confidence.topk(keep_masked, dim=-1, largest=False).indices
     return filled.scatter(-1, remask, model.mask_id)
 

@@ -51,12 +51,23 @@ def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
     (["--guidance", "-1"], "--guidance"),
     (["--temporal-bias", "-1"], "--temporal-bias"),
     (["--dtype", "int8"], "--dtype"),
+    (["--critic", "always"], "--critic"),
     (["--scene-frames", "4", "--scene-seconds", "1"], "not both"),
 ])
 def test_sample_validates_numbers(runner, args, message):
     result = runner.invoke(sample_main, ["--prompt", "a red ball moves right", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_sample_refuses_a_critic_the_model_lacks(runner, tmp_path):
+    """The shipped demo model has no token critic: asking for one names that, writes nothing."""
+    out = tmp_path / "s.gif"
+    result = runner.invoke(sample_main, ["--prompt", "a red ball moves right", "--critic", "revise",
+                                         "--out", str(out), "--first-frames", "1"])
+    assert result.exit_code == 1
+    assert "no token critic" in result.output
+    assert not out.exists()
 
 
 def test_data_shapes_writes_a_folder_dataset(runner, tmp_path):

@@ -190,6 +190,28 @@ def test_critic_is_optional_and_trained_by_the_optimiser() -> None:
     assert "to_critic.weight" in changed and any(n.startswith("critic.blocks") for n in changed)
 
 
+def test_a_critic_is_trained_onto_a_frozen_generator() -> None:
+    """with_critic keeps the generator's outputs; critic_only leaves every generator weight without gradient."""
+    model = tiny_model()
+    emb, mask = text()
+    judged = model.with_critic()
+    assert judged.has_critic and judged.config.critic and not model.has_critic
+    assert judged.with_critic() is judged
+    assert torch.equal(judged(ids(), emb, mask), model(ids(), emb, mask))
+
+    judged.train()
+    loss, metrics = maskgit_loss(judged, ids(), emb, mask, generator=torch.Generator().manual_seed(0),
+                                 critic_only=True)
+    assert loss.item() == metrics["critic_loss"].item()
+    assert "masked_acc" in metrics  # the generator's own accuracy is still reported
+    loss.backward()
+    for name, param in judged.named_parameters():
+        learns = name.startswith(("critic.", "to_critic."))
+        assert (param.grad is not None) == learns, name
+    with pytest.raises(ValueError, match="no token critic"):
+        maskgit_loss(model, ids(), emb, mask, critic_only=True)
+
+
 # ----------------------------------------------------------------------------- masking
 
 

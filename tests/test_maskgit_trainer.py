@@ -172,6 +172,40 @@ def test_fine_tunes_an_exported_pipeline(tmp_path, tokenizer_dir):
         train_maskgit(cfg, tokenizer_dir, progress=False)
 
 
+def test_trains_a_token_critic_onto_an_exported_pipeline(tmp_path, tokenizer_dir):
+    """critic_only: the export gains a critic; the generator and text encoder come back bit for bit."""
+    from phenaki.pipeline import Phenaki, PipelineError
+
+    first = train_maskgit(config(tmp_path / "a", steps=2), tokenizer_dir, progress=False)
+    cfg = config(tmp_path / "b", steps=3)
+    cfg.train_maskgit.critic_only = True
+    with pytest.raises(ValueError, match="critic_only needs train_maskgit.init_from"):
+        train_maskgit(cfg, tokenizer_dir, progress=False)
+    cfg.train_maskgit.init_from = str(first)
+    cfg.train_maskgit.lr = 1e-2
+    second = train_maskgit(cfg, tokenizer_dir, progress=False)
+    a = load_state_dict(first / "transformer" / "model.safetensors")
+    b = load_state_dict(second / "transformer" / "model.safetensors")
+    critic_keys = {k for k in b if k.startswith(("critic.", "to_critic."))}
+    assert critic_keys and set(a) == set(b) - critic_keys
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    text_a = load_state_dict(first / "text_encoder" / "model.safetensors")
+    text_b = load_state_dict(second / "text_encoder" / "model.safetensors")
+    assert text_a.keys() == text_b.keys() and all(torch.equal(text_a[k], text_b[k]) for k in text_a)
+    metrics = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert all("critic_loss" in m for m in metrics if "loss" in m)
+
+    pipe = Phenaki.from_pretrained(second, device="cpu")
+    assert pipe.transformer.has_critic
+    plain = pipe.generate("a red ball moves right", seed=1, first_frames=5)
+    revised = pipe.generate("a red ball moves right", seed=1, first_frames=5, use_critic=True, critic_revise=True)
+    assert plain.frames.shape == revised.frames.shape
+    assert revised.metadata["settings"]["critic_revise"] is True
+    with pytest.raises(PipelineError, match="no token critic"):
+        Phenaki.from_pretrained(first, device="cpu").generate("a red ball moves right", use_critic=True)
+
+
 def test_learns_shapes_clips_from_their_prompts():
     """The whole path learns: Shapes pixels -> tokenizer ids -> text + MaskGIT -> sampled ids."""
     from phenaki.config import TextConfig, TransformerConfig

@@ -248,6 +248,47 @@ def test_critic_sampling_and_bf16_autocast() -> None:
     assert ((a >= 0) & (a < 16)).all()
 
 
+def test_critic_revise_sends_back_tokens_revealed_earlier() -> None:
+    """A critic that first trusts token-frame 1 and then doubts it: only `critic_revise` re-masks it."""
+    emb, mask = text()
+    prime = torch.randint(0, 16, (2, 1, 4, 4), generator=gen(5))
+
+    def run(revise: bool) -> tuple[list[torch.Tensor], torch.Tensor]:
+        model = tiny_model(critic=True)
+        seen: list[torch.Tensor] = []
+        forward = model.forward
+
+        def recording(x, *args, **kwargs):
+            seen.append(x.clone())
+            return forward(x, *args, **kwargs)
+
+        def critic(x, *args, **kwargs):  # logit > 0: "wrong"
+            doubt = torch.zeros(x.shape)
+            doubt[:, 1] = -20.0 if critic.calls == 0 else 20.0
+            critic.calls += 1
+            return doubt
+
+        critic.calls = 0
+        model.forward = recording
+        model.critic_logits = critic
+        out = sample(model, emb, mask, num_token_frames=3, prime=prime, steps=4, guidance=1.0, temperature=0.0,
+                     use_critic=True, critic_revise=revise, generator=gen(0))
+        return seen, out
+
+    for revise in (False, True):
+        seen, out = run(revise)
+        assert torch.equal(out[:, :1], prime) and all(torch.equal(x[:, :1], prime) for x in seen)
+        first_reveal = seen[1][:, 1] != 16  # after step 1: the trusted frame 1 is revealed first
+        assert first_reveal.sum(dim=(1, 2)).min() > 0 and (seen[1][:, 2] == 16).all()
+        again = seen[2][:, 1] != 16
+        if revise:
+            assert not again.any()  # doubted now: sent back to the mask
+        else:
+            assert (again | ~first_reveal).all()  # revealed tokens stay
+    with pytest.raises(ValueError, match="critic_revise=True needs use_critic"):
+        sample(tiny_model(critic=True), emb, mask, num_token_frames=1, critic_revise=True)
+
+
 # ----------------------------------------------------------------------------- learning
 
 
