@@ -274,7 +274,8 @@ def maskgit_loss(
     A fraction `cond_drop_prob` of rows sees the null text (for guidance). With a
     critic, its BCE loss (weight `critic_weight`) is added, trained on the
     generator's own samples; with `critic_only` the generator and the text (up to the
-    projected context the critic reads) run without gradient and the loss is the critic's alone (its own cross-entropy is still reported).
+    projected context the critic reads) run without gradient and the loss is the
+    critic's alone (the generator's cross-entropy is still reported).
     Metrics are detached 0-dim tensors (no device sync).
     """
     model.check_ids(ids, allow_mask=False)

@@ -249,7 +249,8 @@ class Phenaki:
         (or `scene_seconds` * fps). A request of 1 frame for a single scene is
         text-to-image. `temporal_bias` overrides the sampling settings' (larger: earlier
         token-frames are revealed first); `use_critic` ranks tokens by the transformer's token
-        critic, and `critic_revise` lets it re-mask tokens revealed earlier. `prime` continues a user's video instead of starting afresh; its
+        critic, and `critic_revise` lets it re-mask tokens revealed earlier. `prime`
+        continues a user's video instead of starting afresh; its
         frames open the output and its scene is labelled "<prime>". `progress`: True for a
         tqdm bar on stderr (what `phenaki-sample` shows), or a callback
         `(done, total, scene, scenes)`; the library itself stays quiet by default.
