@@ -33,6 +33,12 @@ def _check_output(out: Path) -> None:
         )
 
 
+critic_option = click.option(
+    "--critic", type=click.Choice(["off", "rank", "revise"]), default=None,
+    help="Token critic (the checkpoint's sampling setting by default): off; rank the new tokens by it; "
+         "revise: it may also send back tokens revealed earlier.")
+
+
 def critic_settings(choice: str | None) -> dict[str, bool | None]:
     """`--critic off|rank|revise` as `generate` arguments (None: the checkpoint's own setting)."""
     if choice is None:
@@ -67,9 +73,7 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
 @click.option("--temperature", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--temporal-bias", type=click.FloatRange(min=0.0), default=None,
               help="Confidence lost per token-frame: earlier token-frames are revealed first (0 = none).")
-@click.option("--critic", type=click.Choice(["off", "rank", "revise"]), default=None,
-              help="Token critic (the checkpoint's sampling setting by default): off; rank the new tokens by it; "
-                   "revise: it may also send back tokens revealed earlier.")
+@critic_option
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--first-frames", type=click.IntRange(min=1), default=None,
               help="Frames of the first scene (1 = text-to-image).")
@@ -298,9 +302,7 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
               help="Override the sampling temperature (0 = greedy).")
 @click.option("--temporal-bias", type=click.FloatRange(min=0.0), default=None,
               help="Override the temporal bias (earlier token-frames revealed first; 0 = none).")
-@click.option("--critic", type=click.Choice(["off", "rank", "revise"]), default=None,
-              help="Token critic (the checkpoint's sampling setting by default): off; rank the new tokens by it; "
-                   "revise: it may also send back tokens revealed earlier.")
+@critic_option
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
