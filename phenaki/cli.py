@@ -39,6 +39,12 @@ critic_option = click.option(
          "revise: it may also send back tokens revealed earlier.")
 
 
+candidates_option = click.option(
+    "--candidates", type=click.IntRange(min=1), default=None,
+    help="Draw every window this many times and keep the draw the transformer finds most likely "
+         "(the checkpoint's sampling setting by default; about this many times the sampling time).")
+
+
 def critic_settings(choice: str | None) -> dict[str, bool | None]:
     """`--critic off|rank|revise` as `generate` arguments (None: the checkpoint's own setting)."""
     if choice is None:
@@ -74,6 +80,7 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
 @click.option("--temporal-bias", type=click.FloatRange(min=0.0), default=None,
               help="Confidence lost per token-frame: earlier token-frames are revealed first (0 = none).")
 @critic_option
+@candidates_option
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--first-frames", type=click.IntRange(min=1), default=None,
               help="Frames of the first scene (1 = text-to-image).")
@@ -303,13 +310,14 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 @click.option("--temporal-bias", type=click.FloatRange(min=0.0), default=None,
               help="Override the temporal bias (earlier token-frames revealed first; 0 = none).")
 @critic_option
+@candidates_option
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
 def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_path: Path | None,
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
                 guidance: float | None, temperature: float | None, temporal_bias: float | None,
-                critic: str | None, tokenizer_ceiling: bool) -> None:
+                critic: str | None, candidates: int | None, tokenizer_ceiling: bool) -> None:
     """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
     import json
 
@@ -345,7 +353,7 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
                                  heldout_fraction=heldout_fraction, progress=bar.update,
                                  generate_kwargs={"steps": steps, "guidance": guidance,
                                                   "temperature": temperature, "temporal_bias": temporal_bias,
-                                                  **critic_settings(critic)})
+                                                  "candidates": candidates, **critic_settings(critic)})
     result["checkpoint"] = str(checkpoint)
     result["tokenizer_ceiling"] = tokenizer_ceiling
     click.echo(format_shapes_table(result))

@@ -260,6 +260,7 @@ class SamplingConfig:
     temporal_bias: float = 0.0  # > 0: reveal earlier token-frames first (>= 100: strictly in order)
     use_critic: bool = False  # rank tokens by the token critic (the transformer must have one)
     critic_revise: bool = False  # ... and let it send back tokens revealed at earlier steps
+    candidates: int = 1  # > 1: draw every window this many times, keep the one the transformer scores highest
     schedule: str = "cosine"
     top_k: int | None = None
     top_p: float | None = None

@@ -25,6 +25,15 @@ loses b * t of confidence, so earlier token-frames are revealed first (b of 100 
 gives strict temporal order): each tubelet is then drawn knowing where the ones before it
 put things. Prime tokens are never re-masked, revealed ones only with `critic_revise`.
 
+With `candidates` K > 1, every row is drawn K times (one batch) and the draw the
+transformer itself finds most likely is kept: its conditional pseudo-log-likelihood, the
+sum over all tokens of log p(token | text, the others), with the tokens masked in
+`RERANK_GROUPS` interleaved groups (one forward each). Each step of the sampler commits
+to tokens one at a time; the score judges the whole window at once, so a draw whose
+tokens disagree with each other ranks low. This is the reranking DALL-E did with CLIP,
+done by the generator with no second model. Its known bias: a window of plain background
+is very likely too, so an empty draw is not ruled out.
+
 All randomness comes from the `generator` argument: a given seed gives the same
 tokens. Nothing here holds state; the model is put in eval mode for the call and
 restored afterwards.
@@ -46,7 +55,9 @@ from .torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["filter_logits", "guidance_scales", "gumbel", "masked_counts", "sample"]
+__all__ = ["filter_logits", "guidance_scales", "gumbel", "masked_counts", "pseudo_log_likelihood", "sample"]
+
+RERANK_GROUPS = 4
 
 Progress = Callable[[int, int], None]
 
@@ -184,6 +195,7 @@ def sample(
     critic_revise: bool = False,
     progress: Progress | None = None,
     batch_size: int | None = None,
+    candidates: int = 1,
 ) -> Tensor:
     """Generate token ids [B, num_token_frames, H', W'] for the text; `prime` fixes the first frames.
 
@@ -191,6 +203,8 @@ def sample(
     is given, the confidence noise.
     `progress(step, steps)` is called after each step with step = 1..steps.
     `batch_size` is only needed when there is neither text nor prime (unconditional).
+    `candidates` K > 1 draws each row K times and keeps the draw with the highest
+    `pseudo_log_likelihood` (K times the sampling work, plus RERANK_GROUPS forwards).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -202,6 +216,8 @@ def sample(
         raise ValueError(f"choice_temperature must be >= 0, got {choice_temperature}")
     if not 0 <= temporal_bias < math.inf:
         raise ValueError(f"temporal_bias must be finite and >= 0, got {temporal_bias}")
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
     if use_critic and not model.has_critic:
         raise ValueError("use_critic=True but the model has no token critic (config.critic is False)")
     if critic_revise and not use_critic:
@@ -214,6 +230,12 @@ def sample(
     device = model.device
     batch = _batch_size(text_emb, prime, batch_size)
     prime_frames = _check_prime(model, prime, batch, num_token_frames)
+    if prime_frames == num_token_frames:
+        candidates = 1  # nothing to draw, so nothing to choose between
+    if candidates > 1:
+        text_emb, text_mask, prime = (None if t is None else t.repeat_interleave(candidates, dim=0)
+                                      for t in (text_emb, text_mask, prime))
+        batch *= candidates
     h, w = model.token_grid
     ids = torch.full((batch, num_token_frames * h * w), model.mask_id, dtype=torch.long, device=device)
     if prime is not None:
@@ -249,7 +271,50 @@ def sample(
             )
             if progress is not None:
                 progress(step + 1, steps)
-    return ids.view(batch, num_token_frames, h, w)
+        ids = ids.view(batch, num_token_frames, h, w)
+        if candidates > 1:
+            ids = _best_of(model, ids, _cond_rows(context, batch), candidates)
+    return ids
+
+
+def _best_of(model: MaskGit, ids: Tensor, context: TextContext, candidates: int) -> Tensor:
+    """Keep, of every `candidates` consecutive rows of ids, the one the model scores highest."""
+    scores = pseudo_log_likelihood(model, ids, context).view(-1, candidates)
+    best = scores.argmax(dim=-1)
+    log.debug("candidate scores %s, kept %s", scores.tolist(), best.tolist())
+    return ids.view(-1, candidates, *ids.shape[1:])[torch.arange(len(best), device=ids.device), best]
+
+
+@torch.no_grad()
+def pseudo_log_likelihood(model: MaskGit, ids: Tensor, context: TextContext, groups: int = RERANK_GROUPS) -> Tensor:
+    """Sum over every token of log p(token | context, the tokens outside its group): [B] floats.
+
+    The positions are split into `groups` interleaved groups by a fixed permutation
+    (the same for every call, so scores compare across calls and no user randomness is
+    drawn); each group is masked and predicted in one forward. More groups approach the
+    true pseudo-likelihood (each token given all the others) at one forward each.
+    """
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    model.check_ids(ids, allow_mask=False)
+    b = ids.shape[0]
+    flat = ids.reshape(b, -1)
+    n = flat.shape[1]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(ids.device)
+    group_of = torch.empty(n, dtype=torch.long, device=ids.device)
+    group_of[order] = torch.arange(n, device=ids.device) % groups
+    total = torch.zeros(b, dtype=torch.float32, device=ids.device)
+    with eval_mode(model):
+        for g in range(groups):
+            chosen = group_of == g
+            if not chosen.any():
+                continue
+            masked = flat.masked_fill(chosen, model.mask_id).view_as(ids)
+            only = chosen.expand(b, -1).reshape(ids.shape)
+            log_probs = model(masked, context=context, only=only).float().log_softmax(dim=-1)
+            picked = log_probs.gather(-1, flat[:, chosen].reshape(-1, 1)).view(b, -1)
+            total += picked.sum(dim=-1)
+    return total
 
 
 def _batch_size(text_emb: Tensor | None, prime: Tensor | None, batch_size: int | None) -> int:

@@ -52,6 +52,7 @@ def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
     (["--temporal-bias", "-1"], "--temporal-bias"),
     (["--dtype", "int8"], "--dtype"),
     (["--critic", "always"], "--critic"),
+    (["--candidates", "0"], "--candidates"),
     (["--scene-frames", "4", "--scene-seconds", "1"], "not both"),
 ])
 def test_sample_validates_numbers(runner, args, message):

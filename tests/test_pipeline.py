@@ -41,6 +41,28 @@ def test_temporal_bias_overrides_the_sampling_settings_and_is_recorded(pipe):
     assert not torch.equal(default.frames, strict.frames)  # another reveal order, another sample
 
 
+def test_candidates_choose_among_draws_and_are_recorded(pipe, monkeypatch):
+    import phenaki.pipeline as pipeline_module
+
+    seen = []
+    real = pipeline_module.sample
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["candidates"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline_module, "sample", spy)
+    default = pipe.generate(STORY[:2], seed=3)
+    best = pipe.generate(STORY[:2], seed=3, candidates=3)
+    assert seen == [pipe.sampling.candidates] * 2 + [3, 3]  # every scene chooses
+    assert default.metadata["settings"]["candidates"] == pipe.sampling.candidates
+    assert best.metadata["settings"]["candidates"] == 3
+    assert best.num_frames == default.num_frames and not torch.equal(best.frames, default.frames)
+    assert torch.equal(best.frames, pipe.generate(STORY[:2], seed=3, candidates=3).frames)
+    with pytest.raises(PipelineError, match="candidates must be >= 1"):
+        pipe.generate(STORY[:1], candidates=0)
+
+
 def test_library_is_quiet_unless_a_bar_is_asked_for(pipe, capsys):
     pipe.generate(STORY[:1], seed=0)
     assert capsys.readouterr().err == ""

@@ -11,7 +11,7 @@ import torch
 from phenaki.config import TransformerConfig
 from phenaki.maskgit import MaskGit
 from phenaki.masking import maskgit_loss
-from phenaki.sampling import filter_logits, guidance_scales, masked_counts, sample
+from phenaki.sampling import filter_logits, guidance_scales, masked_counts, pseudo_log_likelihood, sample
 
 TEXT_DIM = 32
 
@@ -292,6 +292,51 @@ def test_critic_revise_sends_back_tokens_revealed_earlier() -> None:
 # ----------------------------------------------------------------------------- learning
 
 
+def test_pseudo_log_likelihood_is_each_token_given_the_others() -> None:
+    model = tiny_model()
+    emb, mask = text()
+    ids = torch.randint(0, 16, (2, 2, 4, 4), generator=gen(4))
+    context = model.prepare_context(emb, mask)
+    n = ids[0].numel()
+    with torch.no_grad():
+        direct = torch.zeros(2)
+        for i in range(n):  # token i masked alone, predicted from all the others
+            masked = ids.reshape(2, -1).clone()
+            masked[:, i] = model.mask_id
+            log_probs = model(masked.view_as(ids), context=context).float().log_softmax(-1).reshape(2, n, -1)
+            direct += log_probs[:, i].gather(-1, ids.reshape(2, -1)[:, i : i + 1]).squeeze(-1)
+        all_masked = model(torch.full_like(ids, model.mask_id), context=context).float().log_softmax(-1)
+        from_text_alone = all_masked.gather(-1, ids[..., None]).reshape(2, -1).sum(-1)
+    assert torch.allclose(pseudo_log_likelihood(model, ids, context, groups=n), direct, atol=1e-4)
+    assert torch.allclose(pseudo_log_likelihood(model, ids, context, groups=1), from_text_alone, atol=1e-4)
+    four = pseudo_log_likelihood(model, ids, context)
+    assert torch.equal(four, pseudo_log_likelihood(model, ids, context))  # a fixed split, no randomness drawn
+    with pytest.raises(ValueError, match="groups"):
+        pseudo_log_likelihood(model, ids, context, groups=0)
+
+
+def test_candidates_keep_the_draw_the_model_scores_highest() -> None:
+    model = tiny_model()
+    emb, mask = text()
+    prime = torch.randint(0, 16, (2, 1, 4, 4), generator=gen(0))
+    k = 3
+    kwargs = {"num_token_frames": 3, "steps": 4, "guidance": 2.0}
+    best = sample(model, emb, mask, prime=prime, candidates=k, generator=gen(5), **kwargs)
+    assert best.shape == (2, 3, 4, 4)
+    assert torch.equal(best[:, :1], prime)
+    # the same draws, made as one batch of every row repeated k times
+    rows = [t.repeat_interleave(k, dim=0) for t in (emb, mask, prime)]
+    draws = sample(model, rows[0], rows[1], prime=rows[2], generator=gen(5), **kwargs)
+    scores = pseudo_log_likelihood(model, draws, model.prepare_context(rows[0], rows[1])).view(2, k)
+    for b in range(2):
+        assert len({tuple(d.flatten().tolist()) for d in draws[b * k:(b + 1) * k]}) == k  # a real choice
+        assert torch.equal(best[b], draws[b * k + int(scores[b].argmax())])
+    with pytest.raises(ValueError, match="candidates"):
+        sample(model, emb, mask, num_token_frames=1, candidates=0)
+    nothing_to_draw = sample(model, emb, mask, num_token_frames=1, prime=prime, candidates=k)
+    assert torch.equal(nothing_to_draw, prime)
+
+
 def test_tiny_model_learns_text_to_tokens() -> None:
     """4 fixed token sequences, each tied to its own random text, are learned and sampled back."""
     torch.manual_seed(0)
@@ -324,3 +369,8 @@ def test_tiny_model_learns_text_to_tokens() -> None:
         model, texts, text_mask, num_token_frames=2, prime=targets[:, :1], steps=4, guidance=2.0, generator=gen(1)
     )
     assert (cont[:, 1] == targets[:, 1]).float().mean().item() >= 0.9
+    # sampled hot, the model misses more; keeping the likeliest of 8 draws wins most of it back
+    hot = {"num_token_frames": 2, "steps": 2, "guidance": 2.0, "temperature": 4.0}
+    one = (sample(model, texts, text_mask, generator=gen(2), **hot) == targets).float().mean().item()
+    eight = (sample(model, texts, text_mask, candidates=8, generator=gen(2), **hot) == targets).float().mean().item()
+    assert eight > one + 0.05, f"8 candidates {eight:.2%} vs 1 draw {one:.2%}"
