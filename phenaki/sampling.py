@@ -281,7 +281,8 @@ def _best_of(model: MaskGit, ids: Tensor, context: TextContext, candidates: int)
     """Keep, of every `candidates` consecutive rows of ids, the one the model scores highest."""
     scores = pseudo_log_likelihood(model, ids, context).view(-1, candidates)
     best = scores.argmax(dim=-1)
-    log.debug("candidate scores %s, kept %s", scores.tolist(), best.tolist())
+    if log.isEnabledFor(logging.DEBUG):  # .tolist() waits for the device; only pay for it when shown
+        log.debug("candidate scores %s, kept %s", scores.tolist(), best.tolist())
     return ids.view(-1, candidates, *ids.shape[1:])[torch.arange(len(best), device=ids.device), best]
 
 
