@@ -45,6 +45,13 @@ candidates_option = click.option(
          "(the checkpoint's sampling setting by default; about this many times the sampling time).")
 
 
+polish_option = click.option(
+    "--polish", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+    help="After drawing a window, replace every token the transformer finds less likely than this, "
+         "given all the others, by its likeliest token there (the checkpoint's sampling setting by "
+         "default; 0 = off).")
+
+
 def critic_settings(choice: str | None) -> dict[str, bool | None]:
     """`--critic off|rank|revise` as `generate` arguments (None: the checkpoint's own setting)."""
     if choice is None:
@@ -81,6 +88,7 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
               help="Confidence lost per token-frame: earlier token-frames are revealed first (0 = none).")
 @critic_option
 @candidates_option
+@polish_option
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--first-frames", type=click.IntRange(min=1), default=None,
               help="Frames of the first scene (1 = text-to-image).")
@@ -311,13 +319,15 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
               help="Override the temporal bias (earlier token-frames revealed first; 0 = none).")
 @critic_option
 @candidates_option
+@polish_option
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
 def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_path: Path | None,
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
                 guidance: float | None, temperature: float | None, temporal_bias: float | None,
-                critic: str | None, candidates: int | None, tokenizer_ceiling: bool) -> None:
+                critic: str | None, candidates: int | None, polish: float | None,
+                tokenizer_ceiling: bool) -> None:
     """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
     import json
 
@@ -353,7 +363,8 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
                                  heldout_fraction=heldout_fraction, progress=bar.update,
                                  generate_kwargs={"steps": steps, "guidance": guidance,
                                                   "temperature": temperature, "temporal_bias": temporal_bias,
-                                                  "candidates": candidates, **critic_settings(critic)})
+                                                  "candidates": candidates, "polish": polish,
+                                                  **critic_settings(critic)})
     result["checkpoint"] = str(checkpoint)
     result["tokenizer_ceiling"] = tokenizer_ceiling
     click.echo(format_shapes_table(result))

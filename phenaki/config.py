@@ -261,6 +261,7 @@ class SamplingConfig:
     use_critic: bool = False  # rank tokens by the token critic (the transformer must have one)
     critic_revise: bool = False  # ... and let it send back tokens revealed at earlier steps
     candidates: int = 1  # > 1: draw every window this many times, keep the one the transformer scores highest
+    polish: float = 0.0  # > 0: then replace drawn tokens less likely than this given all others by the likeliest
     schedule: str = "cosine"
     top_k: int | None = None
     top_p: float | None = None

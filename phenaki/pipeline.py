@@ -99,6 +99,7 @@ class GenerationSettings:
     use_critic: bool = False
     critic_revise: bool = False
     candidates: int = 1
+    polish: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -233,6 +234,7 @@ class Phenaki:
         use_critic: bool | None = None,
         critic_revise: bool | None = None,
         candidates: int | None = None,
+        polish: float | None = None,
         scene_frames: int | None = None,
         scene_seconds: float | None = None,
         first_frames: int | None = None,
@@ -253,7 +255,9 @@ class Phenaki:
         token-frames are revealed first); `use_critic` ranks tokens by the transformer's token
         critic, and `critic_revise` lets it re-mask tokens revealed earlier. `candidates` K
         draws every window K times and keeps the draw the transformer finds most likely
-        (see `sampling`; about K times the sampling time). `prime`
+        (see `sampling`; about K times the sampling time); `polish` p then replaces every drawn
+        token the transformer finds less likely than p, given all the others, by its likeliest
+        token there (0: off). `prime`
         continues a user's video instead of starting afresh; its
         frames open the output and its scene is labelled "<prime>". `progress`: True for a
         tqdm bar on stderr (what `phenaki-sample` shows), or a callback
@@ -292,9 +296,12 @@ class Phenaki:
             use_critic=s.use_critic if use_critic is None else use_critic,
             critic_revise=s.critic_revise if critic_revise is None else critic_revise,
             candidates=s.candidates if candidates is None else candidates,
+            polish=s.polish if polish is None else polish,
         )
         if settings.candidates < 1:
             raise PipelineError(f"candidates must be >= 1, got {settings.candidates}")
+        if not 0.0 <= settings.polish < 1.0:
+            raise PipelineError(f"polish must be in [0, 1), got {settings.polish}")
         if (settings.use_critic or settings.critic_revise) and not self.transformer.has_critic:
             raise PipelineError("use_critic / critic_revise: this model's transformer has no token critic")
         if settings.critic_revise and not settings.use_critic:
@@ -384,7 +391,8 @@ class Phenaki:
                         schedule=settings.schedule, top_k=settings.top_k, top_p=settings.top_p,
                         choice_temperature=settings.choice_temperature, temporal_bias=settings.temporal_bias,
                         use_critic=settings.use_critic, critic_revise=settings.critic_revise,
-                        candidates=settings.candidates, generator=generator, progress=report,
+                        candidates=settings.candidates, polish=settings.polish, generator=generator,
+                        progress=report,
                     )
                     pixels = self.tokenizer.decode(ids)
                 done += steps
@@ -466,7 +474,7 @@ def run_cli_sample(scenes: list[StoryScene], **options: Any) -> None:
         "seed": options["seed"], "steps": options["steps"], "guidance": options["guidance"],
         "temperature": options["temperature"], "temporal_bias": options["temporal_bias"],
         "use_critic": options["use_critic"], "critic_revise": options["critic_revise"],
-        "candidates": options["candidates"], "scene_frames": options["scene_frames"],
+        "candidates": options["candidates"], "polish": options["polish"], "scene_frames": options["scene_frames"],
         "scene_seconds": options["scene_seconds"], "context_frames": options["context_frames"],
         "first_frames": options["first_frames"],
         "prime": options["prime"], "num_samples": options["num_samples"], "progress": True,

@@ -34,6 +34,14 @@ tokens disagree with each other ranks low. This is the reranking DALL-E did with
 done by the generator with no second model. Its known bias: a window of plain background
 is very likely too, so an empty draw is not ruled out.
 
+With `polish` p > 0, once the window is drawn (and chosen), every drawn token that the
+transformer, given the text and all the other tokens, finds less likely than p is
+replaced by the token it finds most likely there: one pass, prime tokens untouched. The
+step loop commits to a token before its neighbours exist; a token that disagrees with
+all of them afterwards (a stray piece of an object beside it) is the kind this mends. It
+reuses the candidates' scores, so with K > 1 it costs nothing more, else
+`RERANK_GROUPS` forwards.
+
 All randomness comes from the `generator` argument: a given seed gives the same
 tokens. Nothing here holds state; the model is put in eval mode for the call and
 restored afterwards.
@@ -55,7 +63,10 @@ from .torch_utils import eval_mode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["filter_logits", "guidance_scales", "gumbel", "masked_counts", "pseudo_log_likelihood", "sample"]
+__all__ = [
+    "filter_logits", "guidance_scales", "gumbel", "masked_counts", "pseudo_log_likelihood", "sample",
+    "token_log_likelihoods",
+]
 
 RERANK_GROUPS = 4
 
@@ -196,6 +207,7 @@ def sample(
     progress: Progress | None = None,
     batch_size: int | None = None,
     candidates: int = 1,
+    polish: float = 0.0,
 ) -> Tensor:
     """Generate token ids [B, num_token_frames, H', W'] for the text; `prime` fixes the first frames.
 
@@ -205,6 +217,8 @@ def sample(
     `batch_size` is only needed when there is neither text nor prime (unconditional).
     `candidates` K > 1 draws each row K times and keeps the draw with the highest
     `pseudo_log_likelihood` (K times the sampling work, plus RERANK_GROUPS forwards).
+    `polish` p in (0, 1) then replaces each drawn token the model finds less likely than p
+    given all the others by its most likely token there (0: off).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -218,6 +232,8 @@ def sample(
         raise ValueError(f"temporal_bias must be finite and >= 0, got {temporal_bias}")
     if candidates < 1:
         raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if not 0.0 <= polish < 1.0:
+        raise ValueError(f"polish must be in [0, 1), got {polish}")
     if use_critic and not model.has_critic:
         raise ValueError("use_critic=True but the model has no token critic (config.critic is False)")
     if critic_revise and not use_critic:
@@ -272,23 +288,40 @@ def sample(
             if progress is not None:
                 progress(step + 1, steps)
         ids = ids.view(batch, num_token_frames, h, w)
-        if candidates > 1:
-            ids = _best_of(model, ids, _cond_rows(context, batch), candidates)
+        if candidates > 1 or polish > 0:
+            ids = _judge_window(model, ids, _cond_rows(context, batch), candidates, polish, prime_frames * h * w)
     return ids
 
 
-def _best_of(model: MaskGit, ids: Tensor, context: TextContext, candidates: int) -> Tensor:
-    """Keep, of every `candidates` consecutive rows of ids, the one the model scores highest."""
-    scores = pseudo_log_likelihood(model, ids, context).view(-1, candidates)
-    best = scores.argmax(dim=-1)
-    if log.isEnabledFor(logging.DEBUG):  # .tolist() waits for the device; only pay for it when shown
-        log.debug("candidate scores %s, kept %s", scores.tolist(), best.tolist())
-    return ids.view(-1, candidates, *ids.shape[1:])[torch.arange(len(best), device=ids.device), best]
+def _judge_window(
+    model: MaskGit, ids: Tensor, context: TextContext, candidates: int, polish: float, fixed: int
+) -> Tensor:
+    """Keep, of every `candidates` consecutive rows of ids, the one the model scores highest;
+    then (`polish` > 0) replace its tokens after the first `fixed` that the model finds
+    less likely than `polish` by its own choice there. One set of scores serves both."""
+    log_probs, choice = token_log_likelihoods(model, ids, context)
+    if candidates > 1:
+        scores = log_probs.sum(dim=-1).view(-1, candidates)
+        best = scores.argmax(dim=-1)
+        if log.isEnabledFor(logging.DEBUG):  # .tolist() waits for the device; only pay for it when shown
+            log.debug("candidate scores %s, kept %s", scores.tolist(), best.tolist())
+        rows = torch.arange(len(best), device=ids.device) * candidates + best
+        ids, log_probs, choice = ids[rows], log_probs[rows], choice[rows]
+    if polish > 0:
+        unlikely = log_probs < math.log(polish)
+        unlikely[:, :fixed] = False
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("polish replaced %d of %d drawn tokens", int(unlikely.sum()), unlikely[:, fixed:].numel())
+        ids = torch.where(unlikely, choice, ids.reshape(len(ids), -1)).view_as(ids)
+    return ids
 
 
 @torch.no_grad()
-def pseudo_log_likelihood(model: MaskGit, ids: Tensor, context: TextContext, groups: int = RERANK_GROUPS) -> Tensor:
-    """Sum over every token of log p(token | context, the tokens outside its group): [B] floats.
+def token_log_likelihoods(
+    model: MaskGit, ids: Tensor, context: TextContext, groups: int = RERANK_GROUPS
+) -> tuple[Tensor, Tensor]:
+    """log p(token | context, the tokens outside its group) of every token, and the model's
+    most likely token at each position given the same: two [B, N] tensors (N = all tokens).
 
     The positions are split into `groups` interleaved groups by a fixed permutation
     (the same for every call, so scores compare across calls and no user randomness is
@@ -304,7 +337,8 @@ def pseudo_log_likelihood(model: MaskGit, ids: Tensor, context: TextContext, gro
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(ids.device)
     group_of = torch.empty(n, dtype=torch.long, device=ids.device)
     group_of[order] = torch.arange(n, device=ids.device) % groups
-    total = torch.zeros(b, dtype=torch.float32, device=ids.device)
+    scores = torch.zeros((b, n), dtype=torch.float32, device=ids.device)
+    choice = flat.clone()
     with eval_mode(model):
         for g in range(groups):
             chosen = group_of == g
@@ -313,9 +347,15 @@ def pseudo_log_likelihood(model: MaskGit, ids: Tensor, context: TextContext, gro
             masked = flat.masked_fill(chosen, model.mask_id).view_as(ids)
             only = chosen.expand(b, -1).reshape(ids.shape)
             log_probs = model(masked, context=context, only=only).float().log_softmax(dim=-1)
-            picked = log_probs.gather(-1, flat[:, chosen].reshape(-1, 1)).view(b, -1)
-            total += picked.sum(dim=-1)
-    return total
+            scores[:, chosen] = log_probs.gather(-1, flat[:, chosen].reshape(-1, 1)).view(b, -1)
+            choice[:, chosen] = log_probs.argmax(dim=-1).view(b, -1)
+    return scores, choice
+
+
+def pseudo_log_likelihood(model: MaskGit, ids: Tensor, context: TextContext, groups: int = RERANK_GROUPS) -> Tensor:
+    """Sum over every token of log p(token | context, the tokens outside its group): [B] floats
+    (see `token_log_likelihoods`)."""
+    return token_log_likelihoods(model, ids, context, groups)[0].sum(dim=-1)
 
 
 def _batch_size(text_emb: Tensor | None, prime: Tensor | None, batch_size: int | None) -> int:

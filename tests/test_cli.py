@@ -53,6 +53,7 @@ def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
     (["--dtype", "int8"], "--dtype"),
     (["--critic", "always"], "--critic"),
     (["--candidates", "0"], "--candidates"),
+    (["--polish", "1"], "--polish"),
     (["--scene-frames", "4", "--scene-seconds", "1"], "not both"),
 ])
 def test_sample_validates_numbers(runner, args, message):

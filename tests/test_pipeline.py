@@ -63,6 +63,16 @@ def test_candidates_choose_among_draws_and_are_recorded(pipe, monkeypatch):
         pipe.generate(STORY[:1], candidates=0)
 
 
+def test_polish_is_applied_and_recorded(pipe):
+    plain = pipe.generate(STORY[:2], seed=3, polish=0.0)
+    polished = pipe.generate(STORY[:2], seed=3, polish=0.5)
+    assert plain.metadata["settings"]["polish"] == 0.0 and polished.metadata["settings"]["polish"] == 0.5
+    assert not torch.equal(plain.frames, polished.frames)
+    assert torch.equal(polished.frames, pipe.generate(STORY[:2], seed=3, polish=0.5).frames)
+    with pytest.raises(PipelineError, match="polish must be in"):
+        pipe.generate(STORY[:1], polish=1.0)
+
+
 def test_library_is_quiet_unless_a_bar_is_asked_for(pipe, capsys):
     pipe.generate(STORY[:1], seed=0)
     assert capsys.readouterr().err == ""

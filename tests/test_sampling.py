@@ -11,7 +11,9 @@ import torch
 from phenaki.config import TransformerConfig
 from phenaki.maskgit import MaskGit
 from phenaki.masking import maskgit_loss
-from phenaki.sampling import filter_logits, guidance_scales, masked_counts, pseudo_log_likelihood, sample
+from phenaki.sampling import (
+    filter_logits, guidance_scales, masked_counts, pseudo_log_likelihood, sample, token_log_likelihoods,
+)
 
 TEXT_DIM = 32
 
@@ -300,14 +302,18 @@ def test_pseudo_log_likelihood_is_each_token_given_the_others() -> None:
     n = ids[0].numel()
     with torch.no_grad():
         direct = torch.zeros(2)
+        likeliest = torch.zeros(2, n, dtype=torch.long)
         for i in range(n):  # token i masked alone, predicted from all the others
             masked = ids.reshape(2, -1).clone()
             masked[:, i] = model.mask_id
             log_probs = model(masked.view_as(ids), context=context).float().log_softmax(-1).reshape(2, n, -1)
             direct += log_probs[:, i].gather(-1, ids.reshape(2, -1)[:, i : i + 1]).squeeze(-1)
+            likeliest[:, i] = log_probs[:, i].argmax(-1)
         all_masked = model(torch.full_like(ids, model.mask_id), context=context).float().log_softmax(-1)
         from_text_alone = all_masked.gather(-1, ids[..., None]).reshape(2, -1).sum(-1)
     assert torch.allclose(pseudo_log_likelihood(model, ids, context, groups=n), direct, atol=1e-4)
+    scores, choice = token_log_likelihoods(model, ids, context, groups=n)
+    assert scores.shape == choice.shape == (2, n) and torch.equal(choice, likeliest)
     assert torch.allclose(pseudo_log_likelihood(model, ids, context, groups=1), from_text_alone, atol=1e-4)
     four = pseudo_log_likelihood(model, ids, context)
     assert torch.equal(four, pseudo_log_likelihood(model, ids, context))  # a fixed split, no randomness drawn
@@ -335,6 +341,26 @@ def test_candidates_keep_the_draw_the_model_scores_highest() -> None:
         sample(model, emb, mask, num_token_frames=1, candidates=0)
     nothing_to_draw = sample(model, emb, mask, num_token_frames=1, prime=prime, candidates=k)
     assert torch.equal(nothing_to_draw, prime)
+
+
+@pytest.mark.parametrize("candidates", [1, 3])
+def test_polish_replaces_only_the_unlikely_drawn_tokens(candidates: int) -> None:
+    model = tiny_model()
+    emb, mask = text()
+    prime = torch.randint(0, 16, (2, 1, 4, 4), generator=gen(0))
+    kwargs = {"num_token_frames": 3, "steps": 4, "guidance": 2.0, "temperature": 2.0, "candidates": candidates}
+    drawn = sample(model, emb, mask, prime=prime, generator=gen(6), **kwargs)
+    scores, choice = token_log_likelihoods(model, drawn, model.prepare_context(emb, mask))
+    threshold = scores[:, 16:].median().exp().item()  # an untrained model: half the drawn tokens fall below
+    polished = sample(model, emb, mask, prime=prime, polish=threshold, generator=gen(6), **kwargs)
+    unlikely = scores < math.log(threshold)
+    unlikely[:, :16] = False  # the prime is never touched
+    assert 0 < unlikely.sum() < unlikely[:, 16:].numel()  # some tokens are replaced, not all
+    expected = torch.where(unlikely, choice, drawn.reshape(2, -1)).view_as(drawn)
+    assert torch.equal(polished, expected) and torch.equal(polished[:, :1], prime)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="polish"):
+            sample(model, emb, mask, num_token_frames=1, polish=bad)
 
 
 def test_tiny_model_learns_text_to_tokens() -> None:
@@ -374,3 +400,6 @@ def test_tiny_model_learns_text_to_tokens() -> None:
     one = (sample(model, texts, text_mask, generator=gen(2), **hot) == targets).float().mean().item()
     eight = (sample(model, texts, text_mask, candidates=8, generator=gen(2), **hot) == targets).float().mean().item()
     assert eight > one + 0.05, f"8 candidates {eight:.2%} vs 1 draw {one:.2%}"
+    # replacing each unlikely token by the model's choice given the others mends the same draws
+    mended = (sample(model, texts, text_mask, polish=0.5, generator=gen(2), **hot) == targets).float().mean().item()
+    assert mended > one + 0.05, f"polished {mended:.2%} vs drawn {one:.2%}"
