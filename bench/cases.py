@@ -224,8 +224,8 @@ def story(impl: str, config: str, batch: int, dtype: str, device: str, repeat: i
         pipe = Phenaki(tokenizer, model, text, cfg.sampling, device=device, dtype=dtype)
 
         def run() -> None:
-            # one draw per window, as the peer makes: the comparison is of the same work
-            pipe.generate(prompts, seed=0, progress=False, num_samples=batch, candidates=1)
+            # one draw per window and no polish, as the peer makes: the comparison is of the same work
+            pipe.generate(prompts, seed=0, progress=False, num_samples=batch, candidates=1, polish=0.0)
     else:
         phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
 
