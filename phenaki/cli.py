@@ -52,6 +52,13 @@ polish_option = click.option(
          "default; 0 = off).")
 
 
+relevance_option = click.option(
+    "--relevance-floor", type=click.FloatRange(0.0, 1.0), default=None,
+    help="With candidates: pass over draws whose likelihood the text raises by less than this share of "
+         "the best draw's (an empty window is as likely without the text); the checkpoint's sampling "
+         "setting by default, 0 = off.")
+
+
 def critic_settings(choice: str | None) -> dict[str, bool | None]:
     """`--critic off|rank|revise` as `generate` arguments (None: the checkpoint's own setting)."""
     if choice is None:
@@ -89,6 +96,7 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
 @critic_option
 @candidates_option
 @polish_option
+@relevance_option
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--first-frames", type=click.IntRange(min=1), default=None,
               help="Frames of the first scene (1 = text-to-image).")
@@ -320,6 +328,7 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 @critic_option
 @candidates_option
 @polish_option
+@relevance_option
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
@@ -327,7 +336,7 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
                 guidance: float | None, temperature: float | None, temporal_bias: float | None,
                 critic: str | None, candidates: int | None, polish: float | None,
-                tokenizer_ceiling: bool) -> None:
+                relevance_floor: float | None, tokenizer_ceiling: bool) -> None:
     """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
     import json
 
@@ -364,6 +373,7 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
                                  generate_kwargs={"steps": steps, "guidance": guidance,
                                                   "temperature": temperature, "temporal_bias": temporal_bias,
                                                   "candidates": candidates, "polish": polish,
+                                                  "relevance_floor": relevance_floor,
                                                   **critic_settings(critic)})
     result["checkpoint"] = str(checkpoint)
     result["tokenizer_ceiling"] = tokenizer_ceiling

@@ -262,6 +262,8 @@ class SamplingConfig:
     critic_revise: bool = False  # ... and let it send back tokens revealed at earlier steps
     candidates: int = 1  # > 1: draw every window this many times, keep the one the transformer scores highest
     polish: float = 0.0  # > 0: then replace drawn tokens less likely than this given all others by the likeliest
+    relevance_floor: float = 0.0  # > 0: candidates the text explains less than this share of the best one's are
+    # passed over (relevance = likelihood given the text - given the null text; needs candidates > 1)
     schedule: str = "cosine"
     top_k: int | None = None
     top_p: float | None = None

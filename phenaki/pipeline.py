@@ -100,6 +100,7 @@ class GenerationSettings:
     critic_revise: bool = False
     candidates: int = 1
     polish: float = 0.0
+    relevance_floor: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -235,6 +236,7 @@ class Phenaki:
         critic_revise: bool | None = None,
         candidates: int | None = None,
         polish: float | None = None,
+        relevance_floor: float | None = None,
         scene_frames: int | None = None,
         scene_seconds: float | None = None,
         first_frames: int | None = None,
@@ -257,7 +259,9 @@ class Phenaki:
         draws every window K times and keeps the draw the transformer finds most likely
         (see `sampling`; about K times the sampling time); `polish` p then replaces every drawn
         token the transformer finds less likely than p, given all the others, by its likeliest
-        token there (0: off). `prime`
+        token there (0: off); `relevance_floor` r passes over candidates whose relevance to
+        the text (likelihood given it minus given the null text) is below r times the best
+        candidate's, so an empty window cannot win on likelihood alone (0: off). `prime`
         continues a user's video instead of starting afresh; its
         frames open the output and its scene is labelled "<prime>". `progress`: True for a
         tqdm bar on stderr (what `phenaki-sample` shows), or a callback
@@ -297,11 +301,14 @@ class Phenaki:
             critic_revise=s.critic_revise if critic_revise is None else critic_revise,
             candidates=s.candidates if candidates is None else candidates,
             polish=s.polish if polish is None else polish,
+            relevance_floor=s.relevance_floor if relevance_floor is None else relevance_floor,
         )
         if settings.candidates < 1:
             raise PipelineError(f"candidates must be >= 1, got {settings.candidates}")
         if not 0.0 <= settings.polish < 1.0:
             raise PipelineError(f"polish must be in [0, 1), got {settings.polish}")
+        if not 0.0 <= settings.relevance_floor <= 1.0:
+            raise PipelineError(f"relevance_floor must be in [0, 1], got {settings.relevance_floor}")
         if (settings.use_critic or settings.critic_revise) and not self.transformer.has_critic:
             raise PipelineError("use_critic / critic_revise: this model's transformer has no token critic")
         if settings.critic_revise and not settings.use_critic:
@@ -391,7 +398,8 @@ class Phenaki:
                         schedule=settings.schedule, top_k=settings.top_k, top_p=settings.top_p,
                         choice_temperature=settings.choice_temperature, temporal_bias=settings.temporal_bias,
                         use_critic=settings.use_critic, critic_revise=settings.critic_revise,
-                        candidates=settings.candidates, polish=settings.polish, generator=generator,
+                        candidates=settings.candidates, polish=settings.polish,
+                        relevance_floor=settings.relevance_floor, generator=generator,
                         progress=report,
                     )
                     pixels = self.tokenizer.decode(ids)
@@ -474,7 +482,8 @@ def run_cli_sample(scenes: list[StoryScene], **options: Any) -> None:
         "seed": options["seed"], "steps": options["steps"], "guidance": options["guidance"],
         "temperature": options["temperature"], "temporal_bias": options["temporal_bias"],
         "use_critic": options["use_critic"], "critic_revise": options["critic_revise"],
-        "candidates": options["candidates"], "polish": options["polish"], "scene_frames": options["scene_frames"],
+        "candidates": options["candidates"], "polish": options["polish"],
+        "relevance_floor": options["relevance_floor"], "scene_frames": options["scene_frames"],
         "scene_seconds": options["scene_seconds"], "context_frames": options["context_frames"],
         "first_frames": options["first_frames"],
         "prime": options["prime"], "num_samples": options["num_samples"], "progress": True,

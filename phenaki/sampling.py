@@ -34,6 +34,15 @@ tokens disagree with each other ranks low. This is the reranking DALL-E did with
 done by the generator with no second model. Its known bias: a window of plain background
 is very likely too, so an empty draw is not ruled out.
 
+With `relevance_floor` r > 0 (and K > 1 and a text), a candidate's relevance is how much
+the text raises its likelihood: its pseudo-log-likelihood over the drawn tokens given the
+text minus the same given the null text. A candidate whose relevance falls below r times
+the best relevance among its row's candidates is passed over before the likeliest is kept
+(the most relevant one always stays eligible). An empty window is as likely without the
+text as with it, so this takes the known bias away without letting the text-contrastive
+score, which picks worse draws on its own, do the choosing. It costs `RERANK_GROUPS` more
+forwards of the K rows, with the null text.
+
 With `polish` p > 0, once the window is drawn (and chosen), every drawn token that the
 transformer, given the text and all the other tokens, finds less likely than p is
 replaced by the token it finds most likely there: one pass, prime tokens untouched. The
@@ -64,8 +73,8 @@ from .torch_utils import eval_mode
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "filter_logits", "guidance_scales", "gumbel", "masked_counts", "pseudo_log_likelihood", "sample",
-    "token_log_likelihoods",
+    "filter_logits", "guidance_scales", "gumbel", "masked_counts", "pseudo_log_likelihood", "relevant_enough",
+    "sample", "token_log_likelihoods",
 ]
 
 RERANK_GROUPS = 4
@@ -208,6 +217,7 @@ def sample(
     batch_size: int | None = None,
     candidates: int = 1,
     polish: float = 0.0,
+    relevance_floor: float = 0.0,
 ) -> Tensor:
     """Generate token ids [B, num_token_frames, H', W'] for the text; `prime` fixes the first frames.
 
@@ -218,7 +228,8 @@ def sample(
     `candidates` K > 1 draws each row K times and keeps the draw with the highest
     `pseudo_log_likelihood` (K times the sampling work, plus RERANK_GROUPS forwards).
     `polish` p in (0, 1) then replaces each drawn token the model finds less likely than p
-    given all the others by its most likely token there (0: off).
+    given all the others by its most likely token there (0: off). `relevance_floor` r in [0, 1]
+    passes over candidates the text explains less than r times the best of them (0: off).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -234,6 +245,8 @@ def sample(
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if not 0.0 <= polish < 1.0:
         raise ValueError(f"polish must be in [0, 1), got {polish}")
+    if not 0.0 <= relevance_floor <= 1.0:
+        raise ValueError(f"relevance_floor must be in [0, 1], got {relevance_floor}")
     if use_critic and not model.has_critic:
         raise ValueError("use_critic=True but the model has no token critic (config.critic is False)")
     if critic_revise and not use_critic:
@@ -289,19 +302,29 @@ def sample(
                 progress(step + 1, steps)
         ids = ids.view(batch, num_token_frames, h, w)
         if candidates > 1 or polish > 0:
-            ids = _judge_window(model, ids, _cond_rows(context, batch), candidates, polish, prime_frames * h * w)
+            null = None
+            if candidates > 1 and relevance_floor > 0 and model.conditional and text_emb is not None:
+                null = model.null_context(batch)
+            ids = _judge_window(model, ids, _cond_rows(context, batch), candidates, polish, prime_frames * h * w,
+                                null=null, relevance_floor=relevance_floor)
     return ids
 
 
 def _judge_window(
-    model: MaskGit, ids: Tensor, context: TextContext, candidates: int, polish: float, fixed: int
+    model: MaskGit, ids: Tensor, context: TextContext, candidates: int, polish: float, fixed: int,
+    *, null: TextContext | None = None, relevance_floor: float = 0.0,
 ) -> Tensor:
-    """Keep, of every `candidates` consecutive rows of ids, the one the model scores highest;
-    then (`polish` > 0) replace its tokens after the first `fixed` that the model finds
-    less likely than `polish` by its own choice there. One set of scores serves both."""
+    """Keep, of every `candidates` consecutive rows of ids, the one the model scores highest
+    (among those relevant enough to the text, when `null` is given); then (`polish` > 0)
+    replace its tokens after the first `fixed` that the model finds less likely than
+    `polish` by its own choice there. One set of scores serves both."""
     log_probs, choice = token_log_likelihoods(model, ids, context)
     if candidates > 1:
         scores = log_probs.sum(dim=-1).view(-1, candidates)
+        if null is not None:
+            null_scores = token_log_likelihoods(model, ids, null)[0][:, fixed:].sum(dim=-1)
+            relevance = (log_probs[:, fixed:].sum(dim=-1) - null_scores).view(-1, candidates)
+            scores = scores.masked_fill(~relevant_enough(relevance, relevance_floor), -math.inf)
         best = scores.argmax(dim=-1)
         if log.isEnabledFor(logging.DEBUG):  # .tolist() waits for the device; only pay for it when shown
             log.debug("candidate scores %s, kept %s", scores.tolist(), best.tolist())
@@ -314,6 +337,15 @@ def _judge_window(
             log.debug("polish replaced %d of %d drawn tokens", int(unlikely.sum()), unlikely[:, fixed:].numel())
         ids = torch.where(unlikely, choice, ids.reshape(len(ids), -1)).view_as(ids)
     return ids
+
+
+def relevant_enough(relevance: Tensor, floor: float) -> Tensor:
+    """Which candidates [R, K] stay eligible: relevance >= floor * the row's best (when that
+    is positive), and always the most relevant one, so no row is left without a choice."""
+    if floor <= 0:
+        return torch.ones_like(relevance, dtype=torch.bool)
+    top = relevance.max(dim=-1, keepdim=True).values
+    return (relevance >= floor * top.clamp(min=0)) | (relevance == top)
 
 
 @torch.no_grad()

@@ -54,6 +54,7 @@ def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
     (["--critic", "always"], "--critic"),
     (["--candidates", "0"], "--candidates"),
     (["--polish", "1"], "--polish"),
+    (["--relevance-floor", "1.5"], "--relevance-floor"),
     (["--scene-frames", "4", "--scene-seconds", "1"], "not both"),
 ])
 def test_sample_validates_numbers(runner, args, message):

@@ -73,6 +73,17 @@ def test_polish_is_applied_and_recorded(pipe):
         pipe.generate(STORY[:1], polish=1.0)
 
 
+def test_relevance_floor_is_applied_and_recorded(pipe):
+    plain = pipe.generate(STORY[:2], seed=3, candidates=3)
+    gated = pipe.generate(STORY[:2], seed=3, candidates=3, relevance_floor=1.0)
+    assert plain.metadata["settings"]["relevance_floor"] == 0.0
+    assert gated.metadata["settings"]["relevance_floor"] == 1.0
+    assert not torch.equal(plain.frames, gated.frames)
+    assert torch.equal(gated.frames, pipe.generate(STORY[:2], seed=3, candidates=3, relevance_floor=1.0).frames)
+    with pytest.raises(PipelineError, match="relevance_floor must be in"):
+        pipe.generate(STORY[:1], relevance_floor=2.0)
+
+
 def test_library_is_quiet_unless_a_bar_is_asked_for(pipe, capsys):
     pipe.generate(STORY[:1], seed=0)
     assert capsys.readouterr().err == ""

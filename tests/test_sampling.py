@@ -12,7 +12,8 @@ from phenaki.config import TransformerConfig
 from phenaki.maskgit import MaskGit
 from phenaki.masking import maskgit_loss
 from phenaki.sampling import (
-    filter_logits, guidance_scales, masked_counts, pseudo_log_likelihood, sample, token_log_likelihoods,
+    filter_logits, guidance_scales, masked_counts, pseudo_log_likelihood, relevant_enough, sample,
+    token_log_likelihoods,
 )
 
 TEXT_DIM = 32
@@ -361,6 +362,47 @@ def test_polish_replaces_only_the_unlikely_drawn_tokens(candidates: int) -> None
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="polish"):
             sample(model, emb, mask, num_token_frames=1, polish=bad)
+
+
+def test_relevant_enough_keeps_candidates_near_the_most_relevant() -> None:
+    relevance = torch.tensor([[10.0, 4.0, 6.0, -1.0], [-3.0, -1.0, -2.0, -5.0], [0.0, 0.0, 2.0, 1.0]])
+    assert relevant_enough(relevance, 0.5).tolist() == [
+        [True, False, True, False],
+        [False, True, False, False],  # none relevant: the least irrelevant stays, so a choice is left
+        [False, False, True, True],
+    ]
+    assert relevant_enough(relevance, 1.0).sum(-1).tolist() == [1, 1, 1]
+    assert relevant_enough(relevance, 0.0).all()  # 0 = off
+
+
+@pytest.mark.parametrize("floor", [0.5, 1.0])
+def test_relevance_floor_passes_over_candidates_the_text_does_not_explain(floor: float) -> None:
+    model = tiny_model()
+    emb, mask = text()
+    prime = torch.randint(0, 16, (2, 1, 4, 4), generator=gen(0))
+    k = 4
+    kwargs = {"num_token_frames": 3, "steps": 4, "guidance": 2.0, "temperature": 2.0}
+    best = sample(model, emb, mask, prime=prime, candidates=k, relevance_floor=floor, generator=gen(5), **kwargs)
+    plain = sample(model, emb, mask, prime=prime, candidates=k, generator=gen(5), **kwargs)
+    # the same draws as one batch, scored directly: given the text, and given the null text
+    rows = [t.repeat_interleave(k, dim=0) for t in (emb, mask, prime)]
+    draws = sample(model, rows[0], rows[1], prime=rows[2], generator=gen(5), **kwargs)
+    cond, _ = token_log_likelihoods(model, draws, model.prepare_context(rows[0], rows[1]))
+    null, _ = token_log_likelihoods(model, draws, model.null_context(2 * k))
+    relevance = (cond[:, 16:].sum(-1) - null[:, 16:].sum(-1)).view(2, k)  # drawn tokens only, not the prime
+    eligible = relevant_enough(relevance, floor)
+    scores = cond.sum(-1).view(2, k).masked_fill(~eligible, -math.inf)
+    for b in range(2):
+        assert torch.equal(best[b], draws[b * k + int(scores[b].argmax())])
+        assert torch.equal(plain[b], draws[b * k + int(cond.sum(-1).view(2, k)[b].argmax())])
+    if floor == 1.0:  # only the most relevant draw is left
+        for b in range(2):
+            assert torch.equal(best[b], draws[b * k + int(relevance[b].argmax())])
+        assert not torch.equal(best, plain)  # here the likeliest draw is not the most relevant one
+    assert torch.equal(best[:, :1], prime)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="relevance_floor"):
+            sample(model, emb, mask, num_token_frames=1, relevance_floor=bad)
 
 
 def test_tiny_model_learns_text_to_tokens() -> None:
