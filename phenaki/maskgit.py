@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -241,6 +242,39 @@ class MaskGit(nn.Module, PretrainedMixin):
         missing, unexpected = model.load_state_dict(self.state_dict(), strict=False)
         if unexpected or any(not k.startswith(("critic.", "to_critic.")) for k in missing):
             raise RuntimeError(f"with_critic: state mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        return model.train(self.training)
+
+    def without_blocks(self, drop: Iterable[int]) -> MaskGit:
+        """This generator with the trunk blocks at `drop` removed and every other weight copied.
+
+        Layer dropping: a deeper model trained for a while becomes a shallower one (to fit a
+        size or speed budget) that starts far better than a fresh one and is then trained on.
+        A token critic was trained on the old generator's samples and sized by its depth, so
+        a model with one is refused.
+        """
+        depth = self.config.depth
+        gone = sorted(set(drop))
+        if not gone:
+            raise ValueError("without_blocks: no block to drop")
+        if any(not 0 <= i < depth for i in gone):
+            raise ValueError(f"without_blocks: block indices must lie in 0..{depth - 1}, got {gone}")
+        if len(gone) == depth:
+            raise ValueError(f"without_blocks: dropping all {depth} blocks leaves no transformer")
+        if self.critic is not None:
+            raise ValueError("without_blocks: this model has a token critic, sized for the deeper generator; "
+                             "drop blocks from a generator without one and train a critic onto the result")
+        kept = [i for i in range(depth) if i not in gone]
+        weight = self.to_logits.weight
+        model = MaskGit(dataclasses.replace(self.config, depth=len(kept))).to(weight.device, weight.dtype)
+        state = {}
+        for key, value in self.state_dict().items():
+            if key.startswith("trunk.blocks."):
+                index, rest = key[len("trunk.blocks."):].split(".", 1)
+                if int(index) in gone:
+                    continue
+                key = f"trunk.blocks.{kept.index(int(index))}.{rest}"
+            state[key] = value
+        model.load_state_dict(state, strict=True)
         return model.train(self.training)
 
     @property

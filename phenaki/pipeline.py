@@ -164,12 +164,21 @@ class Phenaki:
         def write(tmp: Path) -> None:
             self.tokenizer.save_pretrained(tmp / "tokenizer", dtype=dtype)
             self.transformer.save_pretrained(tmp / "transformer", dtype=dtype)
-            self.text_encoder.save_pretrained(tmp / "text_encoder")
+            self.text_encoder.save_pretrained(tmp / "text_encoder", dtype=dtype)
             settings = dict(self.info)
             settings.update({"text_encoder": "text_encoder", "sampling": to_dict(self.sampling), "fps": self.fps})
             atomic_write_text(tmp / PIPELINE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
         return atomic_write_dir(path, write)
+
+    def with_transformer(self, transformer: MaskGit, **info: Any) -> "Phenaki":
+        """This pipeline with another transformer over the same token ids (e.g. `without_blocks`).
+
+        `info` entries are added to what `pipeline.json` records, so an export says how its
+        transformer came about.
+        """
+        return Phenaki(self.tokenizer, transformer, self.text_encoder, self.sampling, fps=self.fps,
+                       device=self.device, dtype=self.dtype, source=self.source, info={**self.info, **info})
 
     def with_tokenizer_decoder(self, tokenizer: CViViT) -> "Phenaki":
         """This pipeline with `tokenizer` in place of its own, when only the decoder differs.

@@ -15,6 +15,7 @@ files keyed by a hash of the model and the prompt. Nothing here ever unpickles.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -502,11 +503,16 @@ class TextEncoder(nn.Module):
             **kwargs,
         )
 
-    def save_pretrained(self, path: str | os.PathLike[str]) -> Path:
-        """Write model (safetensors), tokenizer and `text_config.json` into `path`, atomically."""
+    def save_pretrained(self, path: str | os.PathLike[str], *, dtype: torch.dtype | None = None) -> Path:
+        """Write model (safetensors), tokenizer and `text_config.json` into `path`, atomically.
+
+        `dtype` casts a copy of the weights (e.g. bf16 to halve a shipped model); this encoder
+        keeps its own precision, and `from_pretrained` still loads in fp32 on CPU.
+        """
 
         def write(tmp: Path) -> None:
-            self.model.save_pretrained(str(tmp))
+            model = self.model if dtype is None else copy.deepcopy(self.model).to(dtype)
+            model.save_pretrained(str(tmp))
             self.tokenizer.save_pretrained(str(tmp))
             settings = {
                 "kind": self.kind,

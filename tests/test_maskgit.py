@@ -212,6 +212,44 @@ def test_a_critic_is_trained_onto_a_frozen_generator() -> None:
         maskgit_loss(model, ids(), emb, mask, critic_only=True)
 
 
+def test_without_blocks_removes_exactly_the_named_blocks() -> None:
+    """Dropping a block that adds nothing (all its projections zero) leaves the outputs as they
+    were; every kept weight is copied, in order, in the model's own dtype."""
+    model = tiny_model(depth=4)
+    emb, mask = text()
+    with torch.no_grad():
+        for name, param in model.trunk.blocks[2].named_parameters():
+            if "norm" not in name:
+                param.zero_()
+    smaller = model.without_blocks([2])
+    assert smaller.config.depth == 3 and model.config.depth == 4 and not smaller.training
+    torch.testing.assert_close(smaller(ids(), emb, mask), model(ids(), emb, mask))
+    for new, old in zip(smaller.trunk.blocks, [model.trunk.blocks[i] for i in (0, 1, 3)]):
+        for (name, a), b in zip(new.state_dict().items(), old.state_dict().values()):
+            assert torch.equal(a, b), name
+    assert torch.equal(smaller.to_logits.weight, model.to_logits.weight)
+    assert torch.equal(smaller.null_text, model.null_text)
+
+    two = model.without_blocks([3, 0, 3])  # order and repeats do not matter
+    assert two.config.depth == 2
+    assert torch.equal(two.trunk.blocks[0].attn_norm.weight, model.trunk.blocks[1].attn_norm.weight)
+    half = tiny_model(depth=2).to(torch.bfloat16).without_blocks([1])
+    assert half.to_logits.weight.dtype == torch.bfloat16 and half.config.depth == 1
+
+
+@pytest.mark.parametrize(("drop", "message"), [
+    ([], "no block"), ([2], "0..1"), ([-1], "0..1"), ([0, 1], "no transformer"),
+])
+def test_without_blocks_refuses_what_it_cannot_drop(drop, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny_model().without_blocks(drop)
+
+
+def test_without_blocks_refuses_a_model_with_a_critic() -> None:
+    with pytest.raises(ValueError, match="token critic"):
+        tiny_model(depth=4, critic=True).without_blocks([1])
+
+
 # ----------------------------------------------------------------------------- masking
 
 

@@ -209,6 +209,40 @@ def test_cli_reports_a_bad_checkpoint_without_a_traceback(tmp_path):
     assert not (tmp_path / "x.mp4").exists()
 
 
+def test_export_drops_transformer_blocks_and_says_so(pipeline_dir, tmp_path):
+    """`export_model.py --drop-block`: the exported transformer is the source's without those
+    blocks, pipeline.json records them, and an impossible drop fails with no output written."""
+    import importlib.util
+    from pathlib import Path
+
+    from phenaki.maskgit import MaskGit
+
+    script = Path(__file__).resolve().parents[1] / "train" / "export_model.py"
+    spec = importlib.util.spec_from_file_location("export_model", script)
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+
+    source = Phenaki.from_pretrained(pipeline_dir, device="cpu", dtype="float32")
+    torch.manual_seed(0)
+    deep = MaskGit(dataclasses.replace(source.transformer.config, depth=3))
+    source.with_transformer(deep).save_pretrained(tmp_path / "deep")
+    runner = CliRunner()
+    result = runner.invoke(export.main, [str(tmp_path / "deep"), str(tmp_path / "out"), "--dtype", "float32",
+                                         "--drop-block", "1"])
+    assert result.exit_code == 0, result.output
+    out = Phenaki.from_pretrained(tmp_path / "out", device="cpu", dtype="float32")
+    expected = deep.without_blocks([1])
+    assert out.transformer.config.depth == 2
+    for key, value in expected.state_dict().items():
+        assert torch.equal(out.transformer.state_dict()[key], value), key
+    settings = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    assert settings["dropped_blocks"] == {"from_depth": 3, "blocks": [1]}
+
+    result = runner.invoke(export.main, [str(tmp_path / "deep"), str(tmp_path / "bad"), "--drop-block", "5"])
+    assert result.exit_code == 1 and "0..2" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_export_swaps_in_a_decoder_only_fine_tune_and_refuses_other_tokenizers(pipeline_dir, tmp_path):
     """`export_model.py --tokenizer`: a tokenizer with the pipeline's encoder (a decoder-only
     fine-tune) replaces the pipeline's; one whose encoder differs would scramble every id: refused."""

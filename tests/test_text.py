@@ -324,6 +324,26 @@ def test_scratch_round_trip(shapes_config: TextConfig, tmp_path: Path) -> None:
     assert not frozen.trainable and torch.allclose(frozen.encode_cached(prompts)[0], expected, atol=1e-6)
 
 
+def test_half_precision_save_keeps_the_encoder_and_loads_in_fp32(shapes_config: TextConfig, tmp_path: Path) -> None:
+    """A bf16 export halves the file; the live encoder stays fp32 and the reload is the rounded copy."""
+    from safetensors import safe_open
+
+    torch.manual_seed(0)
+    enc = TextEncoder.scratch(SHAPES, shapes_config).eval()
+    before = {k: v.clone() for k, v in enc.model.state_dict().items()}
+    full = enc.save_pretrained(tmp_path / "fp32")
+    half = enc.save_pretrained(tmp_path / "bf16", dtype=torch.bfloat16)
+    assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in enc.model.state_dict().items())
+    with safe_open(str(half / "model.safetensors"), "pt") as fh:
+        assert {fh.get_slice(k).get_dtype() for k in fh.keys()} == {"BF16"}
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    loaded = TextEncoder.from_pretrained(half)
+    for k, v in loaded.model.state_dict().items():
+        assert v.dtype == torch.float32 and torch.equal(v, before[k].to(torch.bfloat16).float()), k
+    prompts = ["a green triangle moves up"]
+    assert torch.allclose(loaded.eval().encode(prompts)[0], enc.encode(prompts)[0], atol=0.1)
+
+
 def test_scratch_config_errors(shapes_config: TextConfig) -> None:
     with pytest.raises(ValueError, match="no non-empty captions"):
         TextEncoder.scratch([], shapes_config)
