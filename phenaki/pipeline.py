@@ -177,8 +177,12 @@ class Phenaki:
         `info` entries are added to what `pipeline.json` records, so an export says how its
         transformer came about.
         """
-        return Phenaki(self.tokenizer, transformer, self.text_encoder, self.sampling, fps=self.fps,
-                       device=self.device, dtype=self.dtype, source=self.source, info={**self.info, **info})
+        return self._with_parts(self.tokenizer, transformer, {**self.info, **info})
+
+    def _with_parts(self, tokenizer: CViViT, transformer: MaskGit, info: dict[str, Any]) -> "Phenaki":
+        """A pipeline like this one around other parts (the constructor checks they fit)."""
+        return Phenaki(tokenizer, transformer, self.text_encoder, self.sampling, fps=self.fps,
+                       device=self.device, dtype=self.dtype, source=self.source, info=info)
 
     def with_tokenizer_decoder(self, tokenizer: CViViT) -> "Phenaki":
         """This pipeline with `tokenizer` in place of its own, when only the decoder differs.
@@ -206,8 +210,7 @@ class Phenaki:
                 "the transformer learned. Only a decoder-only fine-tune of this pipeline's tokenizer "
                 "(train_tokenizer.init_from + decoder_only) can replace it"
             )
-        return Phenaki(tokenizer, self.transformer, self.text_encoder, self.sampling, fps=self.fps,
-                       device=self.device, dtype=self.dtype, source=self.source, info=self.info)
+        return self._with_parts(tokenizer, self.transformer, self.info)
 
     # ------------------------------------------------------------------ geometry
     @property
