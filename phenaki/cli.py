@@ -59,6 +59,13 @@ relevance_option = click.option(
          "setting by default, 0 = off.")
 
 
+match_option = click.option(
+    "--match-weight", type=click.FloatRange(min=0.0), default=None,
+    help="With candidates: add this many nats per unit of the model's matcher's text-video similarity to "
+         "each draw's likelihood (the checkpoint's sampling setting by default; 0 = off; needs a model with "
+         "a matcher).")
+
+
 def critic_settings(choice: str | None) -> dict[str, bool | None]:
     """`--critic off|rank|revise` as `generate` arguments (None: the checkpoint's own setting)."""
     if choice is None:
@@ -97,6 +104,7 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
 @candidates_option
 @polish_option
 @relevance_option
+@match_option
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
 @click.option("--first-frames", type=click.IntRange(min=1), default=None,
               help="Frames of the first scene (1 = text-to-image).")
@@ -329,6 +337,7 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 @candidates_option
 @polish_option
 @relevance_option
+@match_option
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
@@ -336,7 +345,7 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
                 guidance: float | None, temperature: float | None, temporal_bias: float | None,
                 critic: str | None, candidates: int | None, polish: float | None,
-                relevance_floor: float | None, tokenizer_ceiling: bool) -> None:
+                relevance_floor: float | None, match_weight: float | None, tokenizer_ceiling: bool) -> None:
     """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
     import json
 
@@ -373,7 +382,7 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
                                  generate_kwargs={"steps": steps, "guidance": guidance,
                                                   "temperature": temperature, "temporal_bias": temporal_bias,
                                                   "candidates": candidates, "polish": polish,
-                                                  "relevance_floor": relevance_floor,
+                                                  "relevance_floor": relevance_floor, "match_weight": match_weight,
                                                   **critic_settings(critic)})
     result["checkpoint"] = str(checkpoint)
     result["tokenizer_ceiling"] = tokenizer_ceiling
@@ -477,7 +486,7 @@ def web_main(**kw) -> None:
 
 
 def training_command(section: str):
-    """Make a train script's `main` a click command with the options both trainers share."""
+    """Make a train script's `main` a click command with the options every trainer shares."""
     options = [
         click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)),
         click.option("--resume", default=None, help="'latest' or a checkpoint directory."),

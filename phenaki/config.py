@@ -27,6 +27,7 @@ __all__ = [
     "DataConfig",
     "TrainConfig",
     "SamplingConfig",
+    "MatcherConfig",
     "Config",
     "load_config",
     "from_dict",
@@ -195,6 +196,39 @@ class DataConfig:
 
 
 @dataclass
+class MatcherConfig:
+    """The text-video matcher: a CLIP-style pair of encoders that scores a whole window's frames
+    against its prompt, so the sampler can choose among candidate windows by what they show."""
+
+    image_size: tuple[int, int] = (64, 64)  # resolved from the tokenizer
+    channels: int = 3
+    conv_channels: tuple[int, ...] = (32, 64, 128, 128)  # each a 4x4 stride-2 convolution: frame size / 2
+    dim: int = 256  # width of the temporal transformer over per-frame features
+    depth: int = 2
+    heads: int = 4
+    max_frames: int = 16
+    embed_dim: int = 128  # the shared embedding space of clips and prompts
+    text_dim: int = 256  # resolved from the text encoder
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, int):
+            self.image_size = (self.image_size, self.image_size)
+        self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
+        self.conv_channels = tuple(int(v) for v in self.conv_channels)
+        if not self.conv_channels:
+            raise ConfigError("matcher.conv_channels: at least one convolution is needed")
+        factor = 2 ** len(self.conv_channels)
+        if any(v % factor for v in self.image_size):
+            raise ConfigError(f"matcher: image_size {self.image_size} must be divisible by {factor} "
+                              f"(2 ** len(conv_channels))")
+        if self.dim % self.heads:
+            raise ConfigError(f"matcher: dim {self.dim} must be divisible by heads {self.heads}")
+        for name in ("channels", "dim", "depth", "heads", "max_frames", "embed_dim", "text_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"matcher.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and bookkeeping for one trainer."""
 
@@ -238,6 +272,8 @@ class TrainConfig:
     temporal_mask_spread: float = 1.0  # width of their masked/given frontier, in token-frames
     label_smoothing: float = 0.0
     critic_weight: float = 1.0
+    scene_crop_prob: float = 0.5  # matcher: share of one-scene clips cut to a random run of sampling.scene_frames
+    # frames, the length of the continuation scenes it scores (clips that straddle a cut always lose their context)
     critic_only: bool = False  # train only a token critic onto the init_from pipeline's frozen generator and
     # text encoder (a fresh critic is added when it has none); the generator's samples stay as they were
     preview_prompts: list[str] = field(default_factory=list)
@@ -262,6 +298,8 @@ class SamplingConfig:
     critic_revise: bool = False  # ... and let it send back tokens revealed at earlier steps
     candidates: int = 1  # > 1: draw every window this many times, keep the one the transformer scores highest
     polish: float = 0.0  # > 0: then replace drawn tokens less likely than this given all others by the likeliest
+    match_weight: float = 0.0  # > 0 (with candidates and a pipeline matcher): add this many nats per unit of the
+    # matcher's cosine similarity between a candidate's new frames and the prompt to the candidate's likelihood
     relevance_floor: float = 0.0  # > 0: candidates the text explains less than this share of the best one's are
     # passed over (relevance = likelihood given the text - given the null text; needs candidates > 1)
     schedule: str = "cosine"
@@ -275,7 +313,7 @@ class SamplingConfig:
 
 @dataclass
 class Config:
-    """Everything one run needs: models, data, both trainers, sampling."""
+    """Everything one run needs: models, data, the trainers, sampling."""
 
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     transformer: TransformerConfig = field(default_factory=TransformerConfig)
@@ -283,6 +321,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train_tokenizer: TrainConfig = field(default_factory=TrainConfig)
     train_maskgit: TrainConfig = field(default_factory=TrainConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+    train_matcher: TrainConfig = field(default_factory=TrainConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
     def __post_init__(self) -> None:
@@ -292,6 +332,8 @@ class Config:
         """Copy what the transformer must agree on from the tokenizer (and text encoder)."""
         self.transformer.codebook_size = self.tokenizer.codebook_size
         self.transformer.token_grid = self.tokenizer.token_grid
+        self.matcher.image_size = self.tokenizer.image_size
+        self.matcher.channels = self.tokenizer.channels
         if text_dim is not None:
             self.transformer.text_dim = text_dim
         elif self.text.kind == "scratch":

@@ -87,7 +87,7 @@ def _meta_params(build) -> tuple[int, torch.nn.Module]:
     return sum(p.numel() for p in module.parameters()), module
 
 
-def footprint(config: Config, which: Literal["tokenizer", "maskgit"], world_size: int = 1) -> Footprint:
+def footprint(config: Config, which: Literal["tokenizer", "maskgit", "matcher"], world_size: int = 1) -> Footprint:
     """Parameter, token and memory estimate for training `which` with `config` (nothing allocated)."""
     from .cvivit import CViViT
 
@@ -112,6 +112,8 @@ def footprint(config: Config, which: Literal["tokenizer", "maskgit"], world_size
         return Footprint("tokenizer", params, 0, tokens, cfg.batch_size, world_size,
                          params * BYTES_PER_PARAM_TRAINED, 0, act, notes)
 
+    if which == "matcher":
+        return _matcher_footprint(config, world_size)
     from .maskgit import MaskGit
 
     cfg = config.train_maskgit
@@ -185,3 +187,22 @@ def _text_params(t5_config) -> int:
     with torch.device("meta"):
         model = T5EncoderModel(t5_config) if isinstance(t5_config, T5Config) else AutoModel.from_config(t5_config)
     return sum(p.numel() for p in model.parameters())
+
+
+def _matcher_footprint(config: Config, world_size: int) -> Footprint:
+    """The matcher: its convolutions' outputs per frame dominate the activations."""
+    from .matcher import TextVideoMatcher
+
+    cfg, m = config.train_matcher, config.matcher
+    config.resolve(text_dim=config.text.dim if config.text.kind == "scratch" else None)
+    params, _ = _meta_params(lambda: TextVideoMatcher(m))
+    frames = cfg.batch_size * config.data.num_frames
+    h, w = m.image_size
+    act = 0
+    for i, channels in enumerate(m.conv_channels, start=1):
+        act += frames * channels * (h >> i) * (w >> i) * 2 * 2  # bf16 output and its GELU
+    act += m.depth * _layer_activation_bytes(config.data.num_frames, cfg.batch_size, m.dim, m.heads)
+    notes = ["a matcher's tokens are frames (one per frame, in its temporal transformer)",
+             "the pipeline's frozen text encoder is not counted (its embeddings are cached per caption)"]
+    return Footprint("matcher", params, 0, config.data.num_frames, cfg.batch_size, world_size,
+                     params * BYTES_PER_PARAM_TRAINED, 0, act, notes)

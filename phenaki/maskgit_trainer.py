@@ -13,7 +13,6 @@ Per sample, the clean prefix ("prime") is:
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import shutil
@@ -30,7 +29,7 @@ from .maskgit import MaskGit
 from .masking import continuation_prime, maskgit_loss
 from .pipeline import PIPELINE_FILE, pipeline_text_encoder
 from .text import TextEncoder
-from .training import EMA, Trainer, group_shares
+from .training import Trainer, group_shares
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +84,7 @@ class MaskGitTrainer(Trainer):
             for part in (maskgit.critic, maskgit.to_critic):
                 part.requires_grad_(True)  # type: ignore[union-attr]
         optimizer = self.make_optimizer([p for p in objective.parameters() if p.requires_grad], cfg.lr)
-        self.ema = EMA(objective, cfg.ema_decay)
-        self.ema_objective = copy.deepcopy(objective).requires_grad_(False).eval()
-        objective, optimizer = self.prepare(objective, optimizer)
-        self.modules[self.name] = objective
-        self.optimizers[self.name] = optimizer
-        self.schedulers[self.name] = self.make_scheduler(optimizer)
+        objective, self.ema_objective = self.register_model(objective, optimizer)
         self._tokenizer: CViViT | None = None
 
     @staticmethod

@@ -5,6 +5,7 @@
     dir/tokenizer/      CViViT (config.json + model.safetensors)
     dir/transformer/    MaskGit (config.json + model.safetensors)
     dir/text_encoder/   the text encoder (or pipeline.json names a pretrained one)
+    dir/matcher/        optional: the text-video matcher that helps choose among candidates
     dir/pipeline.json   sampling defaults, fps, and how the model was trained
 
 The story loop: scene 1 is generated from its prompt alone; every later scene is
@@ -30,6 +31,7 @@ from .config import DECODER_ONLY_FIELDS, SamplingConfig, from_dict, same_token_i
 from .cvivit import CViViT
 from .fileio import atomic_write_dir, atomic_write_text
 from .maskgit import MaskGit
+from .matcher import TextVideoMatcher, frames_to_matcher
 from .sampling import sample
 from .story import StoryScene, parse_scene_line
 from .text import TextEncoder
@@ -101,6 +103,7 @@ class GenerationSettings:
     candidates: int = 1
     polish: float = 0.0
     relevance_floor: float = 0.0
+    match_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -117,7 +120,8 @@ class Phenaki:
     def __init__(self, tokenizer: CViViT, transformer: MaskGit, text_encoder: TextEncoder,
                  sampling: SamplingConfig | None = None, *, fps: float | None = None,
                  device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto",
-                 source: str | None = None, info: dict[str, Any] | None = None) -> None:
+                 source: str | None = None, info: dict[str, Any] | None = None,
+                 matcher: TextVideoMatcher | None = None) -> None:
         if transformer.codebook_size != tokenizer.codebook_size:
             raise PipelineError(
                 f"transformer codebook {transformer.codebook_size} != tokenizer codebook {tokenizer.codebook_size}"
@@ -129,6 +133,15 @@ class Phenaki:
         self.tokenizer = tokenizer.to(self.device).eval()
         self.transformer = transformer.to(self.device).eval()
         self.text_encoder = text_encoder.to(self.device).eval()
+        if matcher is not None:
+            if matcher.config.text_dim != text_encoder.dim:
+                raise PipelineError(f"matcher reads text of width {matcher.config.text_dim}, the text encoder gives "
+                                    f"{text_encoder.dim}: it was trained for another pipeline")
+            if tuple(matcher.config.image_size) != tuple(tokenizer.config.image_size):
+                raise PipelineError(f"matcher frames {matcher.config.image_size} != tokenizer frames "
+                                    f"{tokenizer.config.image_size}")
+            matcher = matcher.to(self.device).eval()
+        self.matcher = matcher
         self.sampling = sampling or SamplingConfig()
         self.fps = float(fps or self.sampling.fps)
         self.source = source
@@ -146,6 +159,7 @@ class Phenaki:
         settings = json.loads((root / PIPELINE_FILE).read_text(encoding="utf-8"))
         sampling = from_dict(SamplingConfig, settings.get("sampling", {}), "sampling")
         text = pipeline_text_encoder(root, settings, trainable=False)
+        matcher = TextVideoMatcher.from_pretrained(root / "matcher") if (root / "matcher").is_dir() else None
         return cls(
             CViViT.from_pretrained(root / "tokenizer"),
             MaskGit.from_pretrained(root / "transformer"),
@@ -156,15 +170,21 @@ class Phenaki:
             dtype=dtype,
             source=str(root),
             info=settings,
+            matcher=matcher,
         )
 
-    def save_pretrained(self, path: str | Path, *, dtype: torch.dtype | None = None) -> Path:
-        """Write the same layout `from_pretrained` reads (weights optionally cast, e.g. bf16)."""
+    def save_pretrained(self, path: str | Path, *, dtype: torch.dtype | None = None,
+                        text_dtype: torch.dtype | None | str = "same") -> Path:
+        """Write the same layout `from_pretrained` reads (weights optionally cast, e.g. bf16;
+        the text encoder as `dtype` too unless `text_dtype` says otherwise, None: as it is)."""
+        text_cast = dtype if text_dtype == "same" else text_dtype
 
         def write(tmp: Path) -> None:
             self.tokenizer.save_pretrained(tmp / "tokenizer", dtype=dtype)
             self.transformer.save_pretrained(tmp / "transformer", dtype=dtype)
-            self.text_encoder.save_pretrained(tmp / "text_encoder", dtype=dtype)
+            self.text_encoder.save_pretrained(tmp / "text_encoder", dtype=text_cast)  # type: ignore[arg-type]
+            if self.matcher is not None:
+                self.matcher.save_pretrained(tmp / "matcher", dtype=dtype)
             settings = dict(self.info)
             settings.update({"text_encoder": "text_encoder", "sampling": to_dict(self.sampling), "fps": self.fps})
             atomic_write_text(tmp / PIPELINE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
@@ -182,7 +202,13 @@ class Phenaki:
     def _with_parts(self, tokenizer: CViViT, transformer: MaskGit, info: dict[str, Any]) -> "Phenaki":
         """A pipeline like this one around other parts (the constructor checks they fit)."""
         return Phenaki(tokenizer, transformer, self.text_encoder, self.sampling, fps=self.fps,
-                       device=self.device, dtype=self.dtype, source=self.source, info=info)
+                       device=self.device, dtype=self.dtype, source=self.source, info=info, matcher=self.matcher)
+
+    def with_matcher(self, matcher: TextVideoMatcher | None, **info: Any) -> "Phenaki":
+        """This pipeline with `matcher` (trained for its text encoder; None: without one)."""
+        return Phenaki(self.tokenizer, self.transformer, self.text_encoder, self.sampling, fps=self.fps,
+                       device=self.device, dtype=self.dtype, source=self.source, info={**self.info, **info},
+                       matcher=matcher)
 
     def with_tokenizer_decoder(self, tokenizer: CViViT) -> "Phenaki":
         """This pipeline with `tokenizer` in place of its own, when only the decoder differs.
@@ -249,6 +275,7 @@ class Phenaki:
         candidates: int | None = None,
         polish: float | None = None,
         relevance_floor: float | None = None,
+        match_weight: float | None = None,
         scene_frames: int | None = None,
         scene_seconds: float | None = None,
         first_frames: int | None = None,
@@ -273,7 +300,10 @@ class Phenaki:
         token the transformer finds less likely than p, given all the others, by its likeliest
         token there (0: off); `relevance_floor` r passes over candidates whose relevance to
         the text (likelihood given it minus given the null text) is below r times the best
-        candidate's, so an empty window cannot win on likelihood alone (0: off). `prime`
+        candidate's, so an empty window cannot win on likelihood alone (0: off); `match_weight` w
+        adds w x the cosine similarity of each candidate's new frames and its prompt, as the
+        pipeline's matcher sees them, to the candidate's likelihood (0: off; without a matcher,
+        the sampling settings' weight is ignored and an explicit one is an error). `prime`
         continues a user's video instead of starting afresh; its
         frames open the output and its scene is labelled "<prime>". `progress`: True for a
         tqdm bar on stderr (what `phenaki-sample` shows), or a callback
@@ -314,6 +344,7 @@ class Phenaki:
             candidates=s.candidates if candidates is None else candidates,
             polish=s.polish if polish is None else polish,
             relevance_floor=s.relevance_floor if relevance_floor is None else relevance_floor,
+            match_weight=s.match_weight if match_weight is None else match_weight,
         )
         if settings.candidates < 1:
             raise PipelineError(f"candidates must be >= 1, got {settings.candidates}")
@@ -321,6 +352,13 @@ class Phenaki:
             raise PipelineError(f"polish must be in [0, 1), got {settings.polish}")
         if not 0.0 <= settings.relevance_floor <= 1.0:
             raise PipelineError(f"relevance_floor must be in [0, 1], got {settings.relevance_floor}")
+        if not 0.0 <= settings.match_weight < float("inf"):
+            raise PipelineError(f"match_weight must be finite and >= 0, got {settings.match_weight}")
+        if settings.match_weight > 0 and self.matcher is None:
+            if match_weight is not None:
+                raise PipelineError("match_weight: this model has no matcher (no matcher/ in its directory)")
+            log.info("no matcher in this model: the sampling settings' match_weight is not used")
+            settings.match_weight = 0.0
         if (settings.use_critic or settings.critic_revise) and not self.transformer.has_critic:
             raise PipelineError("use_critic / critic_revise: this model's transformer has no token critic")
         if settings.critic_revise and not settings.use_critic:
@@ -412,7 +450,7 @@ class Phenaki:
                         use_critic=settings.use_critic, critic_revise=settings.critic_revise,
                         candidates=settings.candidates, polish=settings.polish,
                         relevance_floor=settings.relevance_floor, generator=generator,
-                        progress=report,
+                        progress=report, window_score=self._window_score(text_emb, text_mask, new_frames, settings),
                     )
                     pixels = self.tokenizer.decode(ids)
                 done += steps
@@ -428,6 +466,22 @@ class Phenaki:
             scenes = [Scene(name, a, b) for name, (a, b) in zip(names, ranges)]
             videos.append(Video(history[row].contiguous(), self.fps, scenes, {}))
         return videos
+
+    def _window_score(self, text_emb: torch.Tensor, text_mask: torch.Tensor, new_frames: int,
+                      settings: GenerationSettings) -> Callable[[torch.Tensor, int], torch.Tensor] | None:
+        """The matcher's say in the choice among candidates: `match_weight` x the cosine similarity
+        of each candidate's new frames, decoded as they would be shown, and its row's prompt."""
+        if self.matcher is None or settings.match_weight <= 0 or settings.candidates < 2:
+            return None
+        matcher, weight, candidates = self.matcher, settings.match_weight, settings.candidates
+        prompts = matcher.embed_text(text_emb, text_mask).repeat_interleave(candidates, dim=0)
+
+        def score(ids: torch.Tensor, fixed: int) -> torch.Tensor:
+            frames = pixels_to_frames(self.tokenizer.decode(ids))[:, -new_frames:]
+            video = matcher.embed_video(frames_to_matcher(frames).to(self.device))
+            return weight * (video * prompts).sum(dim=-1)
+
+        return score
 
     def _plan(self, requests: list[SceneRequest], s: GenerationSettings, has_prime: bool) -> list[tuple[SceneRequest, list[int]]]:
         """Split every scene into windows: how many new frames each window generates."""
@@ -495,7 +549,8 @@ def run_cli_sample(scenes: list[StoryScene], **options: Any) -> None:
         "temperature": options["temperature"], "temporal_bias": options["temporal_bias"],
         "use_critic": options["use_critic"], "critic_revise": options["critic_revise"],
         "candidates": options["candidates"], "polish": options["polish"],
-        "relevance_floor": options["relevance_floor"], "scene_frames": options["scene_frames"],
+        "relevance_floor": options["relevance_floor"], "match_weight": options["match_weight"],
+        "scene_frames": options["scene_frames"],
         "scene_seconds": options["scene_seconds"], "context_frames": options["context_frames"],
         "first_frames": options["first_frames"],
         "prime": options["prime"], "num_samples": options["num_samples"], "progress": True,

@@ -80,6 +80,7 @@ __all__ = [
 RERANK_GROUPS = 4
 
 Progress = Callable[[int, int], None]
+WindowScore = Callable[[Tensor, int], Tensor]  # (candidate ids [R*K, T, H, W], prime tokens) -> scores [R*K]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -218,6 +219,7 @@ def sample(
     candidates: int = 1,
     polish: float = 0.0,
     relevance_floor: float = 0.0,
+    window_score: WindowScore | None = None,
 ) -> Tensor:
     """Generate token ids [B, num_token_frames, H', W'] for the text; `prime` fixes the first frames.
 
@@ -230,6 +232,9 @@ def sample(
     `polish` p in (0, 1) then replaces each drawn token the model finds less likely than p
     given all the others by its most likely token there (0: off). `relevance_floor` r in [0, 1]
     passes over candidates the text explains less than r times the best of them (0: off).
+    `window_score(ids, fixed)` (with `candidates` > 1) scores every candidate window, as it
+    would be shown (polished), by anything else that knows what the text asks for (e.g. the
+    pipeline's matcher); it is added to the likelihood when choosing.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -306,36 +311,40 @@ def sample(
             if candidates > 1 and relevance_floor > 0 and model.conditional and text_emb is not None:
                 null = model.null_context(batch)
             ids = _judge_window(model, ids, _cond_rows(context, batch), candidates, polish, prime_frames * h * w,
-                                null=null, relevance_floor=relevance_floor)
+                                null=null, relevance_floor=relevance_floor, window_score=window_score)
     return ids
 
 
 def _judge_window(
     model: MaskGit, ids: Tensor, context: TextContext, candidates: int, polish: float, fixed: int,
-    *, null: TextContext | None = None, relevance_floor: float = 0.0,
+    *, null: TextContext | None = None, relevance_floor: float = 0.0, window_score: WindowScore | None = None,
 ) -> Tensor:
     """Keep, of every `candidates` consecutive rows of ids, the one the model scores highest
-    (among those relevant enough to the text, when `null` is given); then (`polish` > 0)
-    replace its tokens after the first `fixed` that the model finds less likely than
-    `polish` by its own choice there. One set of scores serves both."""
+    (plus `window_score`, when given; among those relevant enough to the text, when `null` is
+    given), with (`polish` > 0) its tokens after the first `fixed` that the model finds less
+    likely than `polish` replaced by its own choice there. One set of scores serves both."""
     log_probs, choice = token_log_likelihoods(model, ids, context)
-    if candidates > 1:
-        scores = log_probs.sum(dim=-1).view(-1, candidates)
-        if null is not None:
-            null_scores = token_log_likelihoods(model, ids, null)[0][:, fixed:].sum(dim=-1)
-            relevance = (log_probs[:, fixed:].sum(dim=-1) - null_scores).view(-1, candidates)
-            scores = scores.masked_fill(~relevant_enough(relevance, relevance_floor), -math.inf)
-        best = scores.argmax(dim=-1)
-        if log.isEnabledFor(logging.DEBUG):  # .tolist() waits for the device; only pay for it when shown
-            log.debug("candidate scores %s, kept %s", scores.tolist(), best.tolist())
-        rows = torch.arange(len(best), device=ids.device) * candidates + best
-        ids, log_probs, choice = ids[rows], log_probs[rows], choice[rows]
+    drawn = ids
     if polish > 0:
         unlikely = log_probs < math.log(polish)
         unlikely[:, :fixed] = False
         if log.isEnabledFor(logging.DEBUG):
             log.debug("polish replaced %d of %d drawn tokens", int(unlikely.sum()), unlikely[:, fixed:].numel())
         ids = torch.where(unlikely, choice, ids.reshape(len(ids), -1)).view_as(ids)
+    if candidates > 1:
+        scores = log_probs.sum(dim=-1)
+        if window_score is not None:
+            scores = scores + window_score(ids, fixed).to(scores)
+        scores = scores.view(-1, candidates)
+        if null is not None:
+            null_scores = token_log_likelihoods(model, drawn, null)[0][:, fixed:].sum(dim=-1)
+            relevance = (log_probs[:, fixed:].sum(dim=-1) - null_scores).view(-1, candidates)
+            scores = scores.masked_fill(~relevant_enough(relevance, relevance_floor), -math.inf)
+        best = scores.argmax(dim=-1)
+        if log.isEnabledFor(logging.DEBUG):  # .tolist() waits for the device; only pay for it when shown
+            log.debug("candidate scores %s, kept %s", scores.tolist(), best.tolist())
+        rows = torch.arange(len(best), device=ids.device) * candidates + best
+        ids = ids[rows]
     return ids
 
 

@@ -6,7 +6,6 @@ module only says what one step computes, what a preview shows and what is export
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 from pathlib import Path
@@ -20,7 +19,7 @@ from .cvivit import CViViT
 from .data import build_dataset
 from .losses import TokenizerLoss, build_discriminator, vgg16_perceptual
 from .metrics import codebook_perplexity, codebook_usage, psnr, ssim
-from .training import EMA, EMA_FILE, STATE_FILE, Trainer, collate_clips, frames_to_pixels, group_shares, pixels_to_frames
+from .training import EMA_FILE, STATE_FILE, Trainer, collate_clips, frames_to_pixels, group_shares, pixels_to_frames
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +100,7 @@ class TokenizerTrainer(Trainer):
         if perceptual is not None:
             perceptual.to(self.device)
         self.loss = TokenizerLoss.from_config(cfg, discriminator=discriminator, perceptual=perceptual)
-        self.ema = EMA(model, cfg.ema_decay)
-        self.ema_model = copy.deepcopy(model).requires_grad_(False).eval()
-        model, optimizer = self.prepare(model, optimizer)
-        self.modules[self.name] = model
-        self.optimizers[self.name] = optimizer
-        self.schedulers[self.name] = self.make_scheduler(optimizer)
+        model, self.ema_model = self.register_model(model, optimizer)
         if discriminator is not None:
             d_opt = torch.optim.AdamW(discriminator.parameters(), lr=cfg.discriminator_lr, betas=(0.5, 0.9))
             discriminator, d_opt = self.accelerator.prepare(discriminator, d_opt)

@@ -1,6 +1,6 @@
 """What every trainer shares: accelerate setup, schedules, EMA, exact resume.
 
-Both trainers (tokenizer and MaskGIT) subclass `Trainer` and only say how to compute
+The trainers (tokenizer, MaskGIT and the text-video matcher) subclass `Trainer` and only say how to compute
 a loss and a preview. Everything that makes a run trustworthy lives here once:
 
 - accelerate for devices, mixed precision (bf16 on CPU and GPU), DDP and gradient
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -282,6 +283,18 @@ class Trainer(abc.ABC):
         if self.train_cfg.compile:
             model.compile()
         return model, optimizer
+
+    def register_model(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[nn.Module, nn.Module]:
+        """Make `model` the trained one: its EMA, accelerate's prepare, and the bookkeeping that
+        checkpoints and resumes it. Returns (the prepared model, a frozen copy to export the EMA
+        weights through)."""
+        self.ema = EMA(model, self.train_cfg.ema_decay)
+        ema_copy = copy.deepcopy(model).requires_grad_(False).eval()
+        model, optimizer = self.prepare(model, optimizer)
+        self.modules[self.name] = model
+        self.optimizers[self.name] = optimizer
+        self.schedulers[self.name] = self.make_scheduler(optimizer)
+        return model, ema_copy
 
     @property
     def device(self) -> torch.device:

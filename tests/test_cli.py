@@ -55,6 +55,7 @@ def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
     (["--candidates", "0"], "--candidates"),
     (["--polish", "1"], "--polish"),
     (["--relevance-floor", "1.5"], "--relevance-floor"),
+    (["--match-weight", "-1"], "--match-weight"),
     (["--scene-frames", "4", "--scene-seconds", "1"], "not both"),
 ])
 def test_sample_validates_numbers(runner, args, message):

@@ -22,6 +22,11 @@ def test_counts_match_the_real_models():
     maskgit = sum(p.numel() for p in MaskGit(config.transformer).parameters())
     assert maskgit < gen.params < maskgit + 2_000_000  # + the scratch text encoder
     assert gen.per_device("fsdp") < gen.per_device("ddp")
+    from phenaki.matcher import TextVideoMatcher
+
+    matcher = footprint(config, "matcher")
+    assert matcher.params == sum(p.numel() for p in TextVideoMatcher(config.matcher).parameters())
+    assert matcher.tokens_per_sample == config.data.num_frames and matcher.activation_bytes > 0
 
 
 def test_paper_scale_is_estimated_without_allocating():

@@ -364,6 +364,37 @@ def test_polish_replaces_only_the_unlikely_drawn_tokens(candidates: int) -> None
             sample(model, emb, mask, num_token_frames=1, polish=bad)
 
 
+def test_window_score_joins_the_likelihood_in_the_choice_of_candidates() -> None:
+    model = tiny_model()
+    emb, mask = text()
+    prime = torch.randint(0, 16, (2, 1, 4, 4), generator=gen(0))
+    k = 3
+    kwargs = {"num_token_frames": 3, "steps": 4, "guidance": 2.0, "temperature": 2.0, "polish": 0.1}
+    rows = [t.repeat_interleave(k, dim=0) for t in (emb, mask, prime)]
+    draws = sample(model, rows[0], rows[1], prime=rows[2], generator=gen(5), **{**kwargs, "polish": 0.0})
+    cond, choice = token_log_likelihoods(model, draws, model.prepare_context(rows[0], rows[1]))
+    unlikely = cond < math.log(0.1)
+    unlikely[:, :16] = False
+    shown = torch.where(unlikely, choice, draws.reshape(2 * k, -1)).view_as(draws)  # what a pick would show
+    seen: list[tuple[torch.Tensor, int]] = []
+
+    def prefer_the_least_likely(ids: torch.Tensor, fixed: int) -> torch.Tensor:
+        seen.append((ids.clone(), fixed))
+        return -2 * cond.sum(-1)  # outweighs the likelihood: the least likely draw must win
+
+    best = sample(model, emb, mask, prime=prime, candidates=k, generator=gen(5),
+                  window_score=prefer_the_least_likely, **kwargs)
+    assert len(seen) == 1 and seen[0][1] == 16 and torch.equal(seen[0][0], shown)  # scored as shown
+    worst = cond.sum(-1).view(2, k).argmin(dim=-1)
+    for b in range(2):
+        assert torch.equal(best[b], shown[b * k + int(worst[b])])
+    plain = sample(model, emb, mask, prime=prime, candidates=k, generator=gen(5), **kwargs)
+    likeliest = cond.sum(-1).view(2, k).argmax(dim=-1)
+    assert not torch.equal(worst, likeliest)  # so the score changed the choice
+    for b in range(2):
+        assert torch.equal(plain[b], shown[b * k + int(likeliest[b])])
+
+
 def test_relevant_enough_keeps_candidates_near_the_most_relevant() -> None:
     relevance = torch.tensor([[10.0, 4.0, 6.0, -1.0], [-3.0, -1.0, -2.0, -5.0], [0.0, 0.0, 2.0, 1.0]])
     assert relevant_enough(relevance, 0.5).tolist() == [

@@ -1,0 +1,112 @@
+"""Training the text-video matcher on real captioned clips, beside a trained pipeline.
+
+The matcher reads the pipeline's own (frozen) text embeddings, so it is trained for one
+pipeline and shipped inside it (`dir/matcher/`). Each clip is cut to the frames its
+caption describes, as the sampler will show it candidates: a clip that straddles a scene
+change loses its context frames, and a share of one-scene clips is cut to a random run
+of `sampling.scene_frames` frames, the length of a continuation scene.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import write_json
+from .config import Config, to_dict
+from .cvivit import CViViT
+from .matcher import TextVideoMatcher, contrastive_loss, frames_to_matcher
+from .pipeline import PIPELINE_FILE, pipeline_text_encoder
+from .training import Trainer
+
+log = logging.getLogger(__name__)
+
+
+def scene_clips(batch: list[dict[str, Any]], crop_prob: float, crop_frames: int,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The frames each caption describes, padded into one batch: (uint8 [N, T, H, W, C], lengths [N], captions).
+
+    Stand-in groups (see `training.stand_in_group`) carry no real samples and are left out.
+    """
+    clips: list[torch.Tensor] = []
+    captions: list[str] = []
+    for group in batch:
+        if group.get("stand_in"):
+            continue
+        contexts = group.get("context_frames")
+        for k, video in enumerate(group["video"]):
+            context = int(contexts[k]) if contexts is not None else 0
+            if context > 0:
+                video = video[context:]
+            elif video.shape[0] > crop_frames and float(torch.rand((), generator=generator)) < crop_prob:
+                start = int(torch.randint(0, video.shape[0] - crop_frames + 1, (), generator=generator))
+                video = video[start:start + crop_frames]
+            clips.append(video)
+            captions.append(group["caption"][k])
+    if not clips:
+        raise ValueError("a matcher batch without a single real clip")
+    lengths = torch.tensor([c.shape[0] for c in clips])
+    frames = torch.zeros((len(clips), int(lengths.max()), *clips[0].shape[1:]), dtype=clips[0].dtype)
+    for k, clip in enumerate(clips):
+        frames[k, : clip.shape[0]] = clip
+    return frames, lengths, captions
+
+
+class MatcherTrainer(Trainer):
+    """Trains a `TextVideoMatcher` against the text encoder of `pipeline_dir`; exports the matcher."""
+
+    name = "matcher"
+
+    def __init__(self, config: Config, pipeline_dir: str | Path, **kwargs: Any) -> None:
+        super().__init__(config, config.train_matcher, **kwargs)
+        root = Path(pipeline_dir)
+        if not (root / PIPELINE_FILE).is_file():
+            raise ValueError(f"{root} is not a pipeline directory (no {PIPELINE_FILE}): the matcher is trained "
+                             "for a trained pipeline, whose text encoder it reads")
+        self.pipeline_dir = root
+        settings = json.loads((root / PIPELINE_FILE).read_text(encoding="utf-8"))
+        self.text = pipeline_text_encoder(root, settings, trainable=False).to(self.device)
+        config.tokenizer = CViViT.load_config(root / "tokenizer")
+        config.resolve(text_dim=self.text.dim)
+        config.matcher.text_dim = self.text.dim
+        cfg = self.train_cfg
+        if cfg.init_from:
+            model = TextVideoMatcher.from_pretrained(cfg.init_from)
+            log.info("fine-tuning the matcher of %s", cfg.init_from)
+            config.matcher = model.config
+        else:
+            model = TextVideoMatcher(config.matcher)
+        optimizer = self.make_optimizer(list(model.parameters()), cfg.lr)
+        model, self.ema_model = self.register_model(model, optimizer)
+
+    def training_step(self, batch: list[dict[str, Any]], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        frames, lengths, captions = scene_clips(batch, self.train_cfg.scene_crop_prob,
+                                                self.config.sampling.scene_frames)
+        text_emb, text_mask = self.text.encode_cached(captions)
+        video, text, log_scale = self.modules[self.name](frames_to_matcher(frames).to(self.device),
+                                                         lengths.to(self.device), text_emb, text_mask)
+        loss, metrics = contrastive_loss(video, text, captions, log_scale)
+        return loss, {k: float(v) for k, v in metrics.items()}
+
+    def export(self, path: Path) -> Path:
+        """The EMA matcher as a checkpoint directory (config.json + model.safetensors + training.json)."""
+        self.ema.copy_to(self.ema_model)  # type: ignore[union-attr]
+        out = self.ema_model.save_pretrained(path)
+        write_json(out / "training.json", {"steps": self.step, "pipeline": str(self.pipeline_dir),
+                                           "config": to_dict(self.train_cfg), "data": to_dict(self.config.data)})
+        return out
+
+
+def train_matcher(config: Config, pipeline_dir: str | Path, *, resume: str | None = None,
+                  stop_at: int | None = None, **kwargs: Any) -> Path:
+    """Matcher training on `config.data` for the pipeline in `pipeline_dir`; returns the matcher directory."""
+    from .data import build_dataset
+
+    if kwargs.get("output_dir"):
+        config.train_matcher.output_dir = str(kwargs["output_dir"])
+    trainer = MatcherTrainer(config, pipeline_dir, **kwargs)
+    return trainer.fit(build_dataset(config.data, "train"), resume=resume, stop_at=stop_at)
