@@ -76,6 +76,9 @@ class MatcherTrainer(Trainer):
         cfg = self.train_cfg
         if cfg.init_from:
             model = TextVideoMatcher.from_pretrained(cfg.init_from)
+            if model.config.text_dim != self.text.dim:
+                raise ValueError(f"train_matcher.init_from: {cfg.init_from} reads text of width "
+                                 f"{model.config.text_dim}, the pipeline's text encoder gives {self.text.dim}")
             log.info("fine-tuning the matcher of %s", cfg.init_from)
             config.matcher = model.config
         else:

@@ -1,7 +1,7 @@
 """What every trainer shares: accelerate setup, schedules, EMA, exact resume.
 
-The trainers (tokenizer, MaskGIT and the text-video matcher) subclass `Trainer` and only say how to compute
-a loss and a preview. Everything that makes a run trustworthy lives here once:
+The trainers (tokenizer, MaskGIT, text-video matcher) subclass `Trainer` and only say how
+to compute a loss and a preview. Everything that makes a run trustworthy lives here once:
 
 - accelerate for devices, mixed precision (bf16 on CPU and GPU), DDP and gradient
   accumulation; gradients clipped, LR warm-up then cosine decay, EMA weights;

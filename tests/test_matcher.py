@@ -134,6 +134,13 @@ def test_training_stops_resumes_exactly_and_exports(shapes_pipeline_dir, tmp_pat
     assert len(lines) == 4 and all(math.isfinite(line["loss"]) for line in lines)
     with pytest.raises(ValueError, match="not a pipeline directory"):
         train_matcher(matcher_config(tmp_path / "c", 1), tmp_path, progress=False)
+    TextVideoMatcher(dataclasses.replace(matcher.config, text_dim=7)).save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match="reads text of width 7"):
+        train_matcher(matcher_config(tmp_path / "d", 1, init_from=str(tmp_path / "other")), shapes_pipeline_dir,
+                      progress=False)
+    tuned = train_matcher(matcher_config(tmp_path / "e", 1, init_from=str(straight)), shapes_pipeline_dir,
+                          progress=False)  # a fine-tune of a trained matcher
+    assert TextVideoMatcher.from_pretrained(tuned).config == matcher.config
 
 
 def test_a_trained_matcher_tells_a_clips_colour_from_its_prompt(shapes_pipeline_dir, tmp_path):
