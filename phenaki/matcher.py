@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .checkpoint import PretrainedMixin
 from .config import MatcherConfig
+from .training import frames_to_pixels
 
 
 class TextVideoMatcher(nn.Module, PretrainedMixin):
@@ -110,5 +111,6 @@ def contrastive_loss(video: Tensor, text: Tensor, captions: list[str], logit_sca
 
 
 def frames_to_matcher(frames: Tensor) -> Tensor:
-    """uint8 [B, T, H, W, C] -> float [B, T, C, H, W] in [0, 1] (the matcher's input)."""
-    return frames.permute(0, 1, 4, 2, 3).float() / 255.0
+    """uint8 [B, T, H, W, C] -> float [B, T, C, H, W] in [0, 1] (the matcher's input: frames
+    first, since it encodes each frame alone before it looks across them)."""
+    return frames_to_pixels(frames).transpose(1, 2)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .checkpoint import write_json
 from .config import Config, to_dict
@@ -50,10 +51,7 @@ def scene_clips(batch: list[dict[str, Any]], crop_prob: float, crop_frames: int,
     if not clips:
         raise ValueError("a matcher batch without a single real clip")
     lengths = torch.tensor([c.shape[0] for c in clips])
-    frames = torch.zeros((len(clips), int(lengths.max()), *clips[0].shape[1:]), dtype=clips[0].dtype)
-    for k, clip in enumerate(clips):
-        frames[k, : clip.shape[0]] = clip
-    return frames, lengths, captions
+    return pad_sequence(clips, batch_first=True), lengths, captions
 
 
 class MatcherTrainer(Trainer):

@@ -197,18 +197,17 @@ class Phenaki:
         `info` entries are added to what `pipeline.json` records, so an export says how its
         transformer came about.
         """
-        return self._with_parts(self.tokenizer, transformer, {**self.info, **info})
+        return self._with_parts(self.tokenizer, transformer, {**self.info, **info}, self.matcher)
 
-    def _with_parts(self, tokenizer: CViViT, transformer: MaskGit, info: dict[str, Any]) -> "Phenaki":
+    def _with_parts(self, tokenizer: CViViT, transformer: MaskGit, info: dict[str, Any],
+                    matcher: TextVideoMatcher | None) -> "Phenaki":
         """A pipeline like this one around other parts (the constructor checks they fit)."""
         return Phenaki(tokenizer, transformer, self.text_encoder, self.sampling, fps=self.fps,
-                       device=self.device, dtype=self.dtype, source=self.source, info=info, matcher=self.matcher)
+                       device=self.device, dtype=self.dtype, source=self.source, info=info, matcher=matcher)
 
     def with_matcher(self, matcher: TextVideoMatcher | None, **info: Any) -> "Phenaki":
         """This pipeline with `matcher` (trained for its text encoder; None: without one)."""
-        return Phenaki(self.tokenizer, self.transformer, self.text_encoder, self.sampling, fps=self.fps,
-                       device=self.device, dtype=self.dtype, source=self.source, info={**self.info, **info},
-                       matcher=matcher)
+        return self._with_parts(self.tokenizer, self.transformer, {**self.info, **info}, matcher)
 
     def with_tokenizer_decoder(self, tokenizer: CViViT) -> "Phenaki":
         """This pipeline with `tokenizer` in place of its own, when only the decoder differs.
@@ -236,7 +235,7 @@ class Phenaki:
                 "the transformer learned. Only a decoder-only fine-tune of this pipeline's tokenizer "
                 "(train_tokenizer.init_from + decoder_only) can replace it"
             )
-        return self._with_parts(tokenizer, self.transformer, self.info)
+        return self._with_parts(tokenizer, self.transformer, self.info, self.matcher)
 
     # ------------------------------------------------------------------ geometry
     @property
