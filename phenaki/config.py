@@ -254,6 +254,8 @@ class TrainConfig:
     # tokenizer losses
     l1_weight: float = 1.0
     l2_weight: float = 1.0
+    hard_weight: float = 0.0  # tokenizer: weight of the squared error of each clip's worst pixels (hard_fraction
+    hard_fraction: float = 0.01  # of them): the few that decide an object's outline (losses.reconstruction_loss)
     perceptual_weight: float = 0.0
     perceptual_net: str | None = None  # path to local torchvision VGG16 weights
     adversarial_weight: float = 0.0
@@ -282,6 +284,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        if not 0.0 < self.hard_fraction <= 1.0:
+            raise ConfigError(f"hard_fraction must be in (0, 1], got {self.hard_fraction}")
 
 
 @dataclass

@@ -52,6 +52,25 @@ def test_reconstruction_loss_terms() -> None:
         reconstruction_loss(target, target[:, :, :3])
 
 
+def test_hard_term_weighs_the_few_worst_pixels_of_each_clip() -> None:
+    target = torch.zeros(2, 3, 2, 10, 10)  # 200 pixels per clip
+    recon = target.clone()
+    recon[0, :, 0, 0, :2] = 0.5  # clip 0: two pixels off by 0.5 in each of 3 channels (a rounded corner)
+    recon[1] += 0.1  # clip 1: every pixel a little off
+    terms = reconstruction_loss(recon, target, hard_weight=2.0, hard_fraction=0.01)
+    # worst 2 of 200 pixels: clip 0 -> 3 * 0.25 each, clip 1 -> 3 * 0.01 each
+    assert float(terms["hard"]) == pytest.approx((0.75 + 0.03) / 2, rel=1e-5)
+    plain = reconstruction_loss(recon, target)
+    assert "hard" not in plain
+    assert float(terms["recon"]) == pytest.approx(float(plain["recon"]) + 2.0 * 0.39, rel=1e-5)
+    # the mean over all pixels barely notices the corner
+    assert float(plain["l2"]) < 0.01
+    with pytest.raises(ValueError, match="hard_fraction"):
+        reconstruction_loss(recon, target, hard_weight=1.0, hard_fraction=0.0)
+    with pytest.raises(ValueError, match="hard_fraction must be in"):
+        TrainConfig(hard_fraction=1.5)  # a config names the problem before any training starts
+
+
 # ----------------------------------------------------------------------------- adversarial
 
 

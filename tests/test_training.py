@@ -125,9 +125,12 @@ def test_cpu_training_uses_the_fused_adamw_and_it_steps_like_the_plain_one(tmp_p
 def test_decoder_only_fine_tuning_keeps_every_id(tmp_path):
     """Starting from a trained tokenizer with a frozen encoder: same ids, a different decoder."""
     first = train_tokenizer(tiny_config(tmp_path / "first", quantizer="vq"), progress=False)
-    config = tiny_config(tmp_path / "tuned", quantizer="vq", init_from=str(first), decoder_only=True, lr=1e-2)
+    config = tiny_config(tmp_path / "tuned", quantizer="vq", init_from=str(first), decoder_only=True, lr=1e-2,
+                         hard_weight=1.0)  # with the worst pixels' term, as the shipped decoder was last tuned
     config.tokenizer.dim = 64  # ignored: the architecture comes from init_from
     tuned = train_tokenizer(config, progress=False)
+    logged = [json.loads(line) for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["hard"] > line["l2"] for line in logged)  # the worst pixels are worse than the mean
     before, after = CViViT.from_pretrained(first), CViViT.from_pretrained(tuned)
     assert after.config == before.config
     pixels = torch.rand(2, 3, 5, 64, 64)
