@@ -81,10 +81,11 @@ def reconstruction_loss(
     if not 0.0 < hard_fraction <= 1.0:
         raise ValueError(f"hard_fraction must be in (0, 1], got {hard_fraction}")
     diff = recon.float() - target.float()
-    l1, l2 = diff.abs().mean(), diff.pow(2).mean()
+    squared = diff.pow(2)
+    l1, l2 = diff.abs().mean(), squared.mean()
     terms = {"l1": l1.detach(), "l2": l2.detach(), "recon": l1_weight * l1 + l2_weight * l2}
     if hard_weight > 0:
-        per_pixel = diff.pow(2).sum(dim=1).reshape(len(diff), -1)  # [B, pixels]
+        per_pixel = squared.sum(dim=1).reshape(len(diff), -1)  # [B, pixels]
         k = max(1, round(hard_fraction * per_pixel.shape[1]))
         hard = per_pixel.topk(k, dim=1).values.mean()
         terms["hard"] = hard.detach()
