@@ -33,6 +33,8 @@ def test_quick_start_story_runs_offline(tmp_path, one_thread):
     assert [(s["prompt"], s["start"], s["end"]) for s in sidecar["scenes"]] == [
         (prompts[0], 0, 11), (prompts[1], 11, 17), (prompts[2], 17, 23)]
     assert sidecar["metadata"]["checkpoint"] == str(demo_checkpoint())
+    # the shipped matcher joined the choice among candidates (a model without one records 0)
+    assert sidecar["metadata"]["settings"]["match_weight"] > 0
     # the same call from Python, same seed: the same frames
     video = Phenaki.from_pretrained().generate(prompts, seed=0, progress=False)
     assert (video.frames.float() - frames.float()).abs().mean() < 2.0  # only the MP4 codec between them
