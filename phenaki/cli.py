@@ -52,6 +52,12 @@ polish_option = click.option(
          "default; 0 = off).")
 
 
+polish_passes_option = click.option(
+    "--polish-passes", type=click.IntRange(min=1), default=None,
+    help="Polish this many times, each pass on the tokens the last one left (the checkpoint's sampling "
+         "setting by default).")
+
+
 relevance_option = click.option(
     "--relevance-floor", type=click.FloatRange(0.0, 1.0), default=None,
     help="With candidates: pass over draws whose likelihood the text raises by less than this share of "
@@ -103,6 +109,7 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
 @critic_option
 @candidates_option
 @polish_option
+@polish_passes_option
 @relevance_option
 @match_option
 @click.option("--fps", type=click.FloatRange(min=0.0, min_open=True), default=None)
@@ -336,6 +343,7 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 @critic_option
 @candidates_option
 @polish_option
+@polish_passes_option
 @relevance_option
 @match_option
 @click.option("--tokenizer-ceiling", is_flag=True,
@@ -344,7 +352,7 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_path: Path | None,
                 heldout_fraction: float, json_out: Path | None, device: str, steps: int | None,
                 guidance: float | None, temperature: float | None, temporal_bias: float | None,
-                critic: str | None, candidates: int | None, polish: float | None,
+                critic: str | None, candidates: int | None, polish: float | None, polish_passes: int | None,
                 relevance_floor: float | None, match_weight: float | None, tokenizer_ceiling: bool) -> None:
     """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
     import json
@@ -382,6 +390,7 @@ def eval_shapes(checkpoint: Path, stories: int, seed: int, scenes: int, config_p
                                  generate_kwargs={"steps": steps, "guidance": guidance,
                                                   "temperature": temperature, "temporal_bias": temporal_bias,
                                                   "candidates": candidates, "polish": polish,
+                                                  "polish_passes": polish_passes,
                                                   "relevance_floor": relevance_floor, "match_weight": match_weight,
                                                   **critic_settings(critic)})
     result["checkpoint"] = str(checkpoint)

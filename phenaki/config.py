@@ -302,6 +302,7 @@ class SamplingConfig:
     critic_revise: bool = False  # ... and let it send back tokens revealed at earlier steps
     candidates: int = 1  # > 1: draw every window this many times, keep the one the transformer scores highest
     polish: float = 0.0  # > 0: then replace drawn tokens less likely than this given all others by the likeliest
+    polish_passes: int = 1  # polish this many times, each pass on the last one's tokens (its scores then choose)
     match_weight: float = 0.0  # > 0 (with candidates and a pipeline matcher): add this many nats per unit of the
     # matcher's cosine similarity between a candidate's new frames and the prompt to the candidate's likelihood
     relevance_floor: float = 0.0  # > 0: candidates the text explains less than this share of the best one's are

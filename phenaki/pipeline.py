@@ -102,6 +102,7 @@ class GenerationSettings:
     critic_revise: bool = False
     candidates: int = 1
     polish: float = 0.0
+    polish_passes: int = 1
     relevance_floor: float = 0.0
     match_weight: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -273,6 +274,7 @@ class Phenaki:
         critic_revise: bool | None = None,
         candidates: int | None = None,
         polish: float | None = None,
+        polish_passes: int | None = None,
         relevance_floor: float | None = None,
         match_weight: float | None = None,
         scene_frames: int | None = None,
@@ -297,7 +299,7 @@ class Phenaki:
         draws every window K times and keeps the draw the transformer finds most likely
         (see `sampling`; about K times the sampling time); `polish` p then replaces every drawn
         token the transformer finds less likely than p, given all the others, by its likeliest
-        token there (0: off); `relevance_floor` r passes over candidates whose relevance to
+        token there (0: off), `polish_passes` times; `relevance_floor` r passes over candidates whose relevance to
         the text (likelihood given it minus given the null text) is below r times the best
         candidate's, so an empty window cannot win on likelihood alone (0: off); `match_weight` w
         adds w x the cosine similarity of each candidate's new frames and its prompt, as the
@@ -342,6 +344,7 @@ class Phenaki:
             critic_revise=s.critic_revise if critic_revise is None else critic_revise,
             candidates=s.candidates if candidates is None else candidates,
             polish=s.polish if polish is None else polish,
+            polish_passes=s.polish_passes if polish_passes is None else polish_passes,
             relevance_floor=s.relevance_floor if relevance_floor is None else relevance_floor,
             match_weight=s.match_weight if match_weight is None else match_weight,
         )
@@ -349,6 +352,8 @@ class Phenaki:
             raise PipelineError(f"candidates must be >= 1, got {settings.candidates}")
         if not 0.0 <= settings.polish < 1.0:
             raise PipelineError(f"polish must be in [0, 1), got {settings.polish}")
+        if settings.polish_passes < 1:
+            raise PipelineError(f"polish_passes must be >= 1, got {settings.polish_passes}")
         if not 0.0 <= settings.relevance_floor <= 1.0:
             raise PipelineError(f"relevance_floor must be in [0, 1], got {settings.relevance_floor}")
         if not 0.0 <= settings.match_weight < float("inf"):
@@ -448,6 +453,7 @@ class Phenaki:
                         choice_temperature=settings.choice_temperature, temporal_bias=settings.temporal_bias,
                         use_critic=settings.use_critic, critic_revise=settings.critic_revise,
                         candidates=settings.candidates, polish=settings.polish,
+                        polish_passes=settings.polish_passes,
                         relevance_floor=settings.relevance_floor, generator=generator,
                         progress=report, window_score=self._window_score(text_emb, text_mask, new_frames, settings),
                     )
@@ -548,6 +554,7 @@ def run_cli_sample(scenes: list[StoryScene], **options: Any) -> None:
         "temperature": options["temperature"], "temporal_bias": options["temporal_bias"],
         "use_critic": options["use_critic"], "critic_revise": options["critic_revise"],
         "candidates": options["candidates"], "polish": options["polish"],
+        "polish_passes": options["polish_passes"],
         "relevance_floor": options["relevance_floor"], "match_weight": options["match_weight"],
         "scene_frames": options["scene_frames"],
         "scene_seconds": options["scene_seconds"], "context_frames": options["context_frames"],

@@ -49,7 +49,11 @@ replaced by the token it finds most likely there: one pass, prime tokens untouch
 step loop commits to a token before its neighbours exist; a token that disagrees with
 all of them afterwards (a stray piece of an object beside it) is the kind this mends. It
 reuses the candidates' scores, so with K > 1 it costs nothing more, else
-`RERANK_GROUPS` forwards.
+`RERANK_GROUPS` forwards. `polish_passes` n > 1 polishes n times, each pass scoring the
+tokens as the last one left them (a replaced token changes what its neighbours should
+be); the candidates are then chosen by the last pass's scores, those of the tokens it
+was given, one pass closer to what is shown. Each further pass costs `RERANK_GROUPS`
+forwards of the K rows.
 
 All randomness comes from the `generator` argument: a given seed gives the same
 tokens. Nothing here holds state; the model is put in eval mode for the call and
@@ -218,6 +222,7 @@ def sample(
     batch_size: int | None = None,
     candidates: int = 1,
     polish: float = 0.0,
+    polish_passes: int = 1,
     relevance_floor: float = 0.0,
     window_score: WindowScore | None = None,
 ) -> Tensor:
@@ -230,7 +235,8 @@ def sample(
     `candidates` K > 1 draws each row K times and keeps the draw with the highest
     `pseudo_log_likelihood` (K times the sampling work, plus RERANK_GROUPS forwards).
     `polish` p in (0, 1) then replaces each drawn token the model finds less likely than p
-    given all the others by its most likely token there (0: off). `relevance_floor` r in [0, 1]
+    given all the others by its most likely token there (0: off), `polish_passes` times, each
+    pass on the last one's tokens (the last pass's scores choose). `relevance_floor` r in [0, 1]
     passes over candidates the text explains less than r times the best of them (0: off).
     `window_score(ids, fixed)` (with `candidates` > 1) scores every candidate window, as it
     would be shown (polished), by anything else that knows what the text asks for (e.g. the
@@ -250,6 +256,8 @@ def sample(
         raise ValueError(f"candidates must be >= 1, got {candidates}")
     if not 0.0 <= polish < 1.0:
         raise ValueError(f"polish must be in [0, 1), got {polish}")
+    if polish_passes < 1:
+        raise ValueError(f"polish_passes must be >= 1, got {polish_passes}")
     if not 0.0 <= relevance_floor <= 1.0:
         raise ValueError(f"relevance_floor must be in [0, 1], got {relevance_floor}")
     if use_critic and not model.has_critic:
@@ -311,26 +319,31 @@ def sample(
             if candidates > 1 and relevance_floor > 0 and model.conditional and text_emb is not None:
                 null = model.null_context(batch)
             ids = _judge_window(model, ids, _cond_rows(context, batch), candidates, polish, prime_frames * h * w,
-                                null=null, relevance_floor=relevance_floor, window_score=window_score)
+                                null=null, relevance_floor=relevance_floor, window_score=window_score,
+                                polish_passes=polish_passes)
     return ids
 
 
 def _judge_window(
     model: MaskGit, ids: Tensor, context: TextContext, candidates: int, polish: float, fixed: int,
     *, null: TextContext | None = None, relevance_floor: float = 0.0, window_score: WindowScore | None = None,
+    polish_passes: int = 1,
 ) -> Tensor:
     """Keep, of every `candidates` consecutive rows of ids, the one the model scores highest
     (plus `window_score`, when given; among those relevant enough to the text, when `null` is
     given), with (`polish` > 0) its tokens after the first `fixed` that the model finds less
-    likely than `polish` replaced by its own choice there. One set of scores serves both."""
-    log_probs, choice = token_log_likelihoods(model, ids, context)
-    drawn = ids
-    if polish > 0:
-        unlikely = log_probs < math.log(polish)
-        unlikely[:, :fixed] = False
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("polish replaced %d of %d drawn tokens", int(unlikely.sum()), unlikely[:, fixed:].numel())
-        ids = torch.where(unlikely, choice, ids.reshape(len(ids), -1)).view_as(ids)
+    likely than `polish` replaced by its own choice there, `polish_passes` times. The last
+    pass's scores serve both."""
+    passes = polish_passes if polish > 0 else 1
+    for _ in range(passes):
+        drawn = ids  # the tokens the scores below are of
+        log_probs, choice = token_log_likelihoods(model, ids, context)
+        if polish > 0:
+            unlikely = log_probs < math.log(polish)
+            unlikely[:, :fixed] = False
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("polish replaced %d of %d tokens", int(unlikely.sum()), unlikely[:, fixed:].numel())
+            ids = torch.where(unlikely, choice, ids.reshape(len(ids), -1)).view_as(ids)
     if candidates > 1:
         scores = log_probs.sum(dim=-1)
         if window_score is not None:

@@ -54,6 +54,7 @@ def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
     (["--critic", "always"], "--critic"),
     (["--candidates", "0"], "--candidates"),
     (["--polish", "1"], "--polish"),
+    (["--polish-passes", "0"], "--polish-passes"),
     (["--relevance-floor", "1.5"], "--relevance-floor"),
     (["--match-weight", "-1"], "--match-weight"),
     (["--scene-frames", "4", "--scene-seconds", "1"], "not both"),

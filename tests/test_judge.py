@@ -370,7 +370,7 @@ def test_cli_runs_the_evaluation_and_writes_json(tmp_path, monkeypatch):
     args = ["shapes", "--checkpoint", str(tmp_path / "ckpt"), "--stories", "4", "--seed", "7",
             "--config", "configs/shapes_demo.yaml", "--heldout-fraction", "0.25", "--json", str(out),
             "--device", "cpu", "--steps", "3", "--temperature", "0.25", "--temporal-bias", "1.5",
-            "--candidates", "2", "--polish", "0.05", "--relevance-floor", "0.5"]
+            "--candidates", "2", "--polish", "0.05", "--polish-passes", "2", "--relevance-floor", "0.5"]
     result = CliRunner().invoke(eval_main, args)
     assert result.exit_code == 0, result.output
     assert seen["args"] == (str(tmp_path / "ckpt"), "cpu")
@@ -378,7 +378,7 @@ def test_cli_runs_the_evaluation_and_writes_json(tmp_path, monkeypatch):
     data = json.loads(out.read_text())
     assert data["summary"]["heldout"]["stories"] == 1 and data["summary"]["all"]["correct"] == 1.0
     asked = {"steps": 3, "temperature": 0.25, "temporal_bias": 1.5, "candidates": 2, "polish": 0.05,
-             "relevance_floor": 0.5}
+             "polish_passes": 2, "relevance_floor": 0.5}
     assert data["generate"] == asked and data["seed"] == 7
     assert all(kwargs == asked for _, _, _, kwargs in seen["pipe"].calls)
 

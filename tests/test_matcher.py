@@ -185,10 +185,11 @@ def test_pipeline_ships_loads_and_uses_its_matcher(tiny_pipeline_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(export.main, [str(tiny_pipeline_dir), str(tmp_path / "with"), "--dtype", "bfloat16",
                                          "--text-dtype", "float32", "--matcher", str(tmp_path / "matcher"),
-                                         "--match-weight", "7"])
+                                         "--match-weight", "7", "--polish-passes", "2"])
     assert result.exit_code == 0, result.output
     shipped = Phenaki.from_pretrained(tmp_path / "with", device="cpu", dtype="float32")
     assert shipped.matcher is not None and shipped.sampling.match_weight == 7.0
+    assert shipped.sampling.polish_passes == 2 and pipe.sampling.polish_passes == 1
     for key, value in matcher.state_dict().items():  # shipped in bf16, loaded back in fp32
         assert torch.equal(shipped.matcher.state_dict()[key], value.to(torch.bfloat16).float()), key
     stored = {part: next(iter(load_state_dict(next((tmp_path / "with" / part).glob("*.safetensors"))).values()))

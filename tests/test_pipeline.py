@@ -71,6 +71,10 @@ def test_polish_is_applied_and_recorded(pipe):
     assert torch.equal(polished.frames, pipe.generate(STORY[:2], seed=3, polish=0.5).frames)
     with pytest.raises(PipelineError, match="polish must be in"):
         pipe.generate(STORY[:1], polish=1.0)
+    twice = pipe.generate(STORY[:2], seed=3, polish=0.5, polish_passes=2)
+    assert twice.metadata["settings"]["polish_passes"] == 2 and polished.metadata["settings"]["polish_passes"] == 1
+    with pytest.raises(PipelineError, match="polish_passes must be"):
+        pipe.generate(STORY[:1], polish=0.5, polish_passes=0)
 
 
 def test_relevance_floor_is_applied_and_recorded(pipe):

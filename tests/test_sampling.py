@@ -364,6 +364,49 @@ def test_polish_replaces_only_the_unlikely_drawn_tokens(candidates: int) -> None
             sample(model, emb, mask, num_token_frames=1, polish=bad)
 
 
+def test_a_second_polish_pass_mends_what_the_first_left_and_its_scores_choose() -> None:
+    """`polish_passes` 2: the first pass's tokens are scored and polished again (prime untouched),
+    and the candidates are chosen by those second scores (+ the window score of what is shown)."""
+    model = tiny_model()
+    emb, mask = text()
+    prime = torch.randint(0, 16, (2, 1, 4, 4), generator=gen(0))
+    k = 3
+    rows = [t.repeat_interleave(k, dim=0) for t in (emb, mask, prime)]
+    context = model.prepare_context(rows[0], rows[1])
+    kwargs = {"num_token_frames": 3, "steps": 4, "guidance": 2.0, "temperature": 2.0}
+    drawn = sample(model, rows[0], rows[1], prime=rows[2], generator=gen(5), **kwargs)
+    threshold = 0.3
+
+    def polish_once(ids: torch.Tensor, ctx=context) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, choice = token_log_likelihoods(model, ids, ctx)
+        unlikely = scores < math.log(threshold)
+        unlikely[:, :16] = False
+        return torch.where(unlikely, choice, ids.reshape(len(ids), -1)).view_as(ids), scores.sum(-1)
+
+    once, _ = polish_once(drawn)
+    twice, second_scores = polish_once(once)
+    assert not torch.equal(once, twice)  # the second pass has something left to mend
+    shown: list[torch.Tensor] = []
+
+    def record(ids: torch.Tensor, fixed: int) -> torch.Tensor:
+        shown.append(ids.clone())
+        return torch.zeros(len(ids))
+
+    best = sample(model, emb, mask, prime=prime, candidates=k, polish=threshold, polish_passes=2,
+                  generator=gen(5), window_score=record, **kwargs)
+    assert len(shown) == 1 and torch.equal(shown[0], twice)
+    pick = second_scores.view(2, k).argmax(dim=-1)
+    for b in range(2):
+        assert torch.equal(best[b], twice[b * k + int(pick[b])])
+    assert torch.equal(best[:, :1], prime)
+    alone = sample(model, emb, mask, prime=prime, generator=gen(7), **kwargs)  # one candidate: no choice
+    expected = polish_once(polish_once(alone, model.prepare_context(emb, mask))[0], model.prepare_context(emb, mask))[0]
+    assert torch.equal(sample(model, emb, mask, prime=prime, polish=threshold, polish_passes=2, generator=gen(7),
+                              **kwargs), expected)
+    with pytest.raises(ValueError, match="polish_passes"):
+        sample(model, emb, mask, num_token_frames=1, polish=0.1, polish_passes=0)
+
+
 def test_window_score_joins_the_likelihood_in_the_choice_of_candidates() -> None:
     model = tiny_model()
     emb, mask = text()

@@ -8,7 +8,7 @@ With `--drop-block N` (repeatable) the transformer's block N is removed (layer d
 a deeper generator becomes a smaller one to train on with `train_maskgit.init_from`.
 With `--matcher DIR` a matcher trained for SOURCE (`train/train_matcher.py --pipeline SOURCE`)
 goes in (`matcher/`), and `--match-weight W` sets how much it counts when choosing among
-candidates (`sampling.match_weight`).
+candidates (`sampling.match_weight`). `--polish-passes N` sets `sampling.polish_passes`.
 """
 
 import click
@@ -36,7 +36,9 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
               help="A matcher trained for SOURCE (train/train_matcher.py --pipeline SOURCE) to ship with it.")
 @click.option("--match-weight", type=click.FloatRange(min=0.0), default=None,
               help="Set sampling.match_weight in the export (default: SOURCE's setting).")
-def main(source, target, dtype, text_dtype, tokenizer_dir, drop_blocks, matcher_dir, match_weight):
+@click.option("--polish-passes", type=click.IntRange(min=1), default=None,
+              help="Set sampling.polish_passes in the export (default: SOURCE's setting).")
+def main(source, target, dtype, text_dtype, tokenizer_dir, drop_blocks, matcher_dir, match_weight, polish_passes):
     """Load SOURCE (a pipeline directory) and write it to TARGET with weights cast to DTYPE."""
     pipe = Phenaki.from_pretrained(source, device="cpu", dtype="float32")
     if tokenizer_dir is not None:
@@ -63,6 +65,8 @@ def main(source, target, dtype, text_dtype, tokenizer_dir, drop_blocks, matcher_
     elif pipe.matcher is not None and pipe.sampling.match_weight <= 0:
         click.echo("note: the export has a matcher but sampling.match_weight is 0, so it is not used "
                    "(set it with --match-weight)", err=True)
+    if polish_passes is not None:
+        pipe.sampling.polish_passes = polish_passes
     path = pipe.save_pretrained(target, dtype=DTYPES[dtype], text_dtype=DTYPES[text_dtype or dtype])
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     click.echo(f"wrote {path} ({size / 1e6:.1f} MB)")
