@@ -299,8 +299,8 @@ class Phenaki:
         draws every window K times and keeps the draw the transformer finds most likely
         (see `sampling`; about K times the sampling time); `polish` p then replaces every drawn
         token the transformer finds less likely than p, given all the others, by its likeliest
-        token there (0: off), `polish_passes` times; `relevance_floor` r passes over candidates whose relevance to
-        the text (likelihood given it minus given the null text) is below r times the best
+        token there (0: off), `polish_passes` times; `relevance_floor` r passes over candidates
+        whose relevance to the text (likelihood given it minus given the null text) is below r times the best
         candidate's, so an empty window cannot win on likelihood alone (0: off); `match_weight` w
         adds w x the cosine similarity of each candidate's new frames and its prompt, as the
         pipeline's matcher sees them, to the candidate's likelihood (0: off; without a matcher,
