@@ -64,7 +64,8 @@ def build_word_tokenizer(
     """A word-level tokenizer fitted to `captions`: a closed vocabulary needs no sub-words.
 
     Lower-cased, split on whitespace and punctuation, digits split one by one (so an
-    unseen number is still spelt in known tokens); unknown words become [UNK]; every
+    unseen number is still spelt in known tokens); unknown words become [UNK] (which
+    `TextEncoder` then drops, since no training caption holds one); every
     sequence ends in [EOS] so even an empty prompt has one token to attend to.
     """
     from tokenizers import (
@@ -378,6 +379,8 @@ class TextEncoder(nn.Module):
 
     Frozen encoders (the default for pretrained ones) never get gradients and stay in
     eval mode even under `.train()`, so dropout never perturbs the conditioning.
+    Scratch encoders leave words outside their vocabulary out of the prompt, with a warning
+    (`drop_unknown`; set it False to feed them as [UNK], whose embedding never trained).
     """
 
     def __init__(
@@ -401,7 +404,11 @@ class TextEncoder(nn.Module):
         self._trainable = bool(trainable)
         self.kind = kind
         self.cache = EmbeddingCache(cache_dir)
-        self._warned: set[str] = set()
+        # A scratch encoder's vocabulary is exactly its training captions', so [UNK] never
+        # occurred in training and its embedding is still the random initial one: feeding it
+        # perturbs every other word's encoding. Such encoders drop unknown words instead.
+        self.drop_unknown = kind == "scratch" and getattr(self.tokenizer, "unk_token_id", None) is not None
+        self._warned: set[str | tuple[str, str]] = set()
         self._fingerprint: str | None = None
         self.model.requires_grad_(self._trainable)
         self.train(self.training)
@@ -577,14 +584,7 @@ class TextEncoder(nn.Module):
         """
         prompts = _check_prompts(prompts)
         self._warn_truncated(prompts)
-        batch = self.tokenizer(
-            prompts,
-            padding="longest",
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-            return_attention_mask=True,
-        )
+        batch = self._tokenize(prompts)
         ids = batch["input_ids"].to(self.device)
         mask = batch["attention_mask"].to(self.device).bool()
         with torch.set_grad_enabled(self._trainable and torch.is_grad_enabled()):
@@ -606,7 +606,8 @@ class TextEncoder(nn.Module):
         """The cache key of one prompt for this encoder's weights, max_length and dtype."""
         if self._fingerprint is None:
             self._fingerprint = weights_fingerprint(self.model)
-        return cache_key(self.name, self.max_length, self.dtype, text, self._fingerprint)
+        fingerprint = self._fingerprint + ("/drop-unknown" if self.drop_unknown else "")
+        return cache_key(self.name, self.max_length, self.dtype, text, fingerprint)
 
     def _cached_rows(self, prompts: list[str]) -> dict[str, Tensor]:
         """Rows for the distinct prompts: cache hits, then one batch for all the misses."""
@@ -625,8 +626,43 @@ class TextEncoder(nn.Module):
                 rows[text] = row
         return rows
 
+    def _tokenize(self, prompts: list[str]) -> Any:
+        """Padded `input_ids` and `attention_mask` tensors; unknown words left out when `drop_unknown`."""
+        if not self.drop_unknown:
+            return self.tokenizer(
+                prompts,
+                padding="longest",
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+                return_attention_mask=True,
+            )
+        unk = self.tokenizer.unk_token_id
+        rows = self.tokenizer(prompts, return_offsets_mapping=True)
+        kept = []
+        for text, ids, offsets in zip(prompts, rows["input_ids"], rows["offset_mapping"]):
+            unknown = [text[a:b] for i, (a, b) in zip(ids, offsets) if i == unk]
+            if unknown and ("unknown", text) not in self._warned:
+                self._warned.add(("unknown", text))
+                log.warning(
+                    "words outside the text encoder's vocabulary are ignored in %r: %s",
+                    _short(text), ", ".join(dict.fromkeys(unknown)),
+                )
+            ids = [i for i in ids if i != unk]
+            if len(ids) > self.max_length:  # keep the closing special token, as truncation does
+                if text not in self._warned:
+                    self._warned.add(text)
+                    log.warning("prompt longer than %d tokens, truncated: %r", self.max_length, _short(text))
+                ids = ids[: self.max_length - 1] + ids[-1:]
+            kept.append(ids)
+        return self.tokenizer.pad(
+            {"input_ids": kept}, padding="longest", return_tensors="pt", return_attention_mask=True
+        )
+
     def _warn_truncated(self, prompts: list[str]) -> None:
         """One warning per distinct over-long prompt (per encoder), naming it."""
+        if self.drop_unknown:  # counted after the unknown words are gone, in `_tokenize`
+            return
         fresh = [p for p in dict.fromkeys(prompts) if p not in self._warned]
         if not fresh:
             return

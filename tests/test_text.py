@@ -305,8 +305,44 @@ def test_scratch_unknown_words(shapes_config: TextConfig) -> None:
     ids = enc.tokenizer("a purple hexagon")["input_ids"]
     unk = enc.tokenizer.unk_token_id
     assert ids[1:3] == [unk, unk] and ids[-1] == enc.tokenizer.eos_token_id
+    enc.drop_unknown = False  # [UNK] fed as it is: its embedding never trained
     emb, mask = enc.encode(["a purple hexagon", ""])
     assert torch.isfinite(emb).all() and mask.sum(1).tolist() == [4, 1]
+
+
+def test_scratch_encoder_drops_unknown_words(
+    shapes_config: TextConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No training caption holds [UNK], so a scratch encoder leaves unknown words out, and says so."""
+    torch.manual_seed(0)
+    enc = TextEncoder.scratch(SHAPES, shapes_config).eval()
+    assert enc.drop_unknown
+    with caplog.at_level(logging.WARNING, logger="phenaki.text"):
+        emb, mask = enc.encode(["a red circle floats up", "a red circle up", "a purple hexagon"])
+    assert mask.sum(1).tolist() == [5, 5, 2]
+    assert torch.equal(emb[0], emb[1])
+    assert torch.allclose(emb[2, :2], enc.encode(["a"])[0][0], atol=1e-5)
+    warned = [r.getMessage() for r in caplog.records]
+    assert any("floats" in m and "ignored" in m for m in warned)
+    assert any("purple, hexagon" in m for m in warned)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="phenaki.text"):
+        enc.encode(["a red circle floats up"])
+    assert not caplog.records  # once per prompt
+    key = enc.cache_key("a red circle floats up")
+    enc.drop_unknown = False
+    assert enc.cache_key("a red circle floats up") != key
+    kept, kept_mask = enc.encode(["a red circle floats up"])
+    assert kept_mask.sum().item() == 6 and not torch.equal(kept[0, :5], emb[0])
+
+
+def test_dropped_unknown_words_do_not_count_towards_the_length(shapes_config: TextConfig) -> None:
+    enc = TextEncoder.scratch(SHAPES, shapes_config).eval()
+    known = "a red circle moves left " * 3  # 15 words + [EOS] = 16 = max_length
+    _, mask = enc.encode([known + "zzz qqq"])
+    assert mask.sum().item() == 16
+    ids = enc._tokenize([known + "moves up"])["input_ids"][0]  # 18 tokens: truncated, [EOS] kept last
+    assert len(ids) == 16 and ids[-1].item() == enc.tokenizer.eos_token_id
 
 
 def test_scratch_round_trip(shapes_config: TextConfig, tmp_path: Path) -> None:
