@@ -650,9 +650,7 @@ class TextEncoder(nn.Module):
                 )
             ids = [i for i in ids if i != unk]
             if len(ids) > self.max_length:  # keep the closing special token, as truncation does
-                if text not in self._warned:
-                    self._warned.add(text)
-                    log.warning("prompt longer than %d tokens, truncated: %r", self.max_length, _short(text))
+                self._warn_truncated_once(text)
                 ids = ids[: self.max_length - 1] + ids[-1:]
             kept.append(ids)
         return self.tokenizer.pad(
@@ -669,8 +667,13 @@ class TextEncoder(nn.Module):
         probe = self.tokenizer(fresh, truncation=True, max_length=self.max_length + 1)["input_ids"]
         for text, ids in zip(fresh, probe):
             if len(ids) > self.max_length:
-                self._warned.add(text)
-                log.warning("prompt longer than %d tokens, truncated: %r", self.max_length, _short(text))
+                self._warn_truncated_once(text)
+
+    def _warn_truncated_once(self, text: str) -> None:
+        """Name an over-long prompt in one warning per encoder (both tokenising paths share it)."""
+        if text not in self._warned:
+            self._warned.add(text)
+            log.warning("prompt longer than %d tokens, truncated: %r", self.max_length, _short(text))
 
 
 def _prepare_tokenizer(tokenizer: Any, name: str) -> Any:
