@@ -43,8 +43,8 @@ def _ids(cfg: Any, batch: int, device: str) -> torch.Tensor:
 
 
 def _ours(cfg: Any, device: str):
-    from phenaki.cvivit import CViViT
-    from phenaki.maskgit import MaskGit
+    from phenaki.models.cvivit import CViViT
+    from phenaki.models.maskgit import MaskGit
 
     torch.manual_seed(0)
     return CViViT(cfg.tokenizer).to(device).eval(), MaskGit(cfg.transformer).to(device)
@@ -85,7 +85,7 @@ def build(impl: str, config: str, peer: str | None) -> tuple[Any, Callable, Call
     tok = load(config).tokenizer
     torch.manual_seed(0)
     if impl == "ours":
-        from phenaki.cvivit import CViViT
+        from phenaki.models.cvivit import CViViT
 
         model = CViViT(tok).eval()
         return tok, model.encode, model.decode, model
@@ -118,7 +118,7 @@ def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repe
     ids = _ids(cfg, batch, device)
     emb, mask = _text(cfg, batch, device)
     if impl == "ours":
-        from phenaki.masking import maskgit_loss
+        from phenaki.models.masking import maskgit_loss
 
         _, model = _ours(cfg, device)
         params = list(model.parameters())
@@ -127,7 +127,7 @@ def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repe
             return maskgit_loss(model, ids, emb, mask, cond_drop_prob=0.1)[0]
     else:
         phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
-        model = phenaki.maskgit
+        model = phenaki.models.maskgit
         params = list(model.parameters())
 
         def loss() -> torch.Tensor:
@@ -135,7 +135,7 @@ def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repe
 
     model.train()
     if impl == "ours":  # each side with the optimiser its own trainer builds
-        from phenaki.training import adamw_fused_kwargs
+        from phenaki.training.base import adamw_fused_kwargs
 
         optimizer = torch.optim.AdamW(params, lr=1e-4, **adamw_fused_kwargs(torch.device(device)))
     else:
@@ -162,7 +162,10 @@ def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat
     h, w = cfg.transformer.token_grid
     result: dict[str, Any] = {}
     if impl == "ours":
-        from phenaki.sampling import sample
+        from phenaki.sampling.search import draw
+        from phenaki.sampling.settings import SamplingSettings
+
+        settings = SamplingSettings(steps=SAMPLE_STEPS, guidance=GUIDANCE)
 
         tokenizer, model = _ours(cfg, device)
         model.eval()
@@ -171,8 +174,8 @@ def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat
         @torch.no_grad()
         def run() -> None:
             with _autocast(device, dtype):
-                ids = sample(model, emb, mask, num_token_frames=t, steps=SAMPLE_STEPS, guidance=GUIDANCE,
-                             generator=torch.Generator(device=device).manual_seed(0))
+                ids = draw(model, (emb, mask), None, settings, torch.Generator(device=device).manual_seed(0),
+                           num_token_frames=t)
                 tokenizer.decode(ids)
 
         # the transformer alone: one guided forward (batch 2B) and its FLOPs
@@ -208,8 +211,8 @@ def story(impl: str, config: str, batch: int, dtype: str, device: str, repeat: i
     prompts = ["a red ball moves right", "the blue ball rises", "a green ball falls"]
     first, scene, context = cfg.sampling.first_frames, cfg.sampling.scene_frames, cfg.sampling.context_frames
     if impl == "ours":
+        from phenaki.models.text import TextEncoder
         from phenaki.pipeline import Phenaki
-        from phenaki.text import TextEncoder
 
         tokenizer, model = _ours(cfg, device)
         text_cfg = cfg.text
@@ -217,7 +220,7 @@ def story(impl: str, config: str, batch: int, dtype: str, device: str, repeat: i
         text = TextEncoder.from_config(text_cfg, prompts)
         if text.dim != cfg.transformer.text_dim:  # paper width: project the scratch text up
             cfg.transformer.text_dim = text.dim
-            from phenaki.maskgit import MaskGit
+            from phenaki.models.maskgit import MaskGit
 
             torch.manual_seed(0)
             model = MaskGit(cfg.transformer)
@@ -295,7 +298,7 @@ def data_loader(impl: str, config: str, batch: int, dtype: str, device: str, rep
     from torch.utils.data import DataLoader
 
     from phenaki.data import build_dataset
-    from phenaki.training import ResumableSampler, collate_clips
+    from phenaki.training.base import ResumableSampler, collate_clips
 
     cfg = load(config)
     workers, items = batch, 512
@@ -314,9 +317,9 @@ def data_loader(impl: str, config: str, batch: int, dtype: str, device: str, rep
                                    size=cfg.data.image_size, shuffle_buffer=256)
             loader = DataLoader(dataset, batch_size=16, num_workers=workers, collate_fn=collate_clips)
         else:
-            from phenaki.cvivit import CViViT
             from phenaki.data.shapes import ShapesDataset
-            from phenaki.token_cache import TokenDataset, tokenize_dataset
+            from phenaki.models.cvivit import CViViT
+            from phenaki.training.token_cache import TokenDataset, tokenize_dataset
 
             shapes = ShapesDataset(num_samples=items, num_frames=cfg.data.num_frames, seed=0)
             tokenize_dataset(CViViT(cfg.tokenizer).eval(), shapes, Path(tmp) / "tokens", autocast=torch.bfloat16)

@@ -1,4 +1,11 @@
-"""Checkpoint directories: `config.json` + `*.safetensors`, written atomically.
+"""Checkpoint directories: `config.json` + `*.safetensors`, written atomically; and the
+layout of a pipeline (model) folder, which the pipeline and the trainers both read and write:
+
+    dir/tokenizer/      CViViT (config.json + model.safetensors)
+    dir/transformer/    MaskGit (config.json + model.safetensors)
+    dir/text_encoder/   the text encoder (or pipeline.json names a pretrained one)
+    dir/matcher/        optional: the text-video matcher that helps choose among candidates
+    dir/pipeline.json   sampling defaults, fps, and how the model was trained
 
 A checkpoint is a directory. Saving writes a complete sibling directory first and then
 swaps it in with renames, so a save killed halfway leaves the previous checkpoint
@@ -18,12 +25,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, from_dict, to_dict
-from .fileio import atomic_write_dir, atomic_write_text, recover_dir
+from .utils.fileio import atomic_write_dir, atomic_write_text, recover_dir
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PIPELINE_FILE = "pipeline.json"
+DEMO_NAME = "phenaki-shapes"
 
 M = TypeVar("M", bound="PretrainedMixin")
 
@@ -130,3 +139,33 @@ class PretrainedMixin:
         state = {k: v.to(own[k].dtype) for k, v in state.items()}
         model.load_state_dict(state)  # type: ignore[attr-defined]
         return model.to(map_location)  # type: ignore[attr-defined]
+
+
+# ----------------------------------------------------------------------------- pipeline folders
+
+
+def demo_checkpoint() -> Path:
+    """The demo model shipped in the repository's `assets/` folder."""
+    return Path(__file__).resolve().parents[1] / "assets" / DEMO_NAME
+
+
+def read_pipeline_settings(root: Path, what: str = "a Phenaki checkpoint directory") -> dict[str, Any]:
+    """The `pipeline.json` of a pipeline folder; a folder without one is not `what`."""
+    path = Path(root) / PIPELINE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{root} is not {what}: no {PIPELINE_FILE}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_pipeline_settings(root: Path, settings: dict[str, Any]) -> None:
+    """Write a pipeline folder's `pipeline.json` (inside the folder being built)."""
+    write_json(Path(root) / PIPELINE_FILE, settings)
+
+
+def pipeline_text_encoder(root: Path, settings: dict[str, Any], **kwargs: Any) -> Any:
+    """The text encoder a pipeline names: its own folder (copied in), or a hub name/path it references."""
+    from .models.text import TextEncoder
+
+    text_ref = settings.get("text_encoder", "text_encoder")
+    text_dir = Path(root) / text_ref
+    return TextEncoder.from_pretrained(text_dir if text_dir.is_dir() else text_ref, **kwargs)

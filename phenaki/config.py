@@ -8,16 +8,15 @@ typo in a training config wastes a training run.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
+
+from .sampling.settings import SamplingSettings
+from .utils.typed import ConfigError, from_dict, to_dict
 
 __all__ = [
     "ConfigError",
@@ -26,7 +25,7 @@ __all__ = [
     "TextConfig",
     "DataConfig",
     "TrainConfig",
-    "SamplingConfig",
+    "SamplingSettings",
     "MatcherConfig",
     "Config",
     "load_config",
@@ -35,13 +34,6 @@ __all__ = [
     "same_token_ids",
     "DECODER_ONLY_FIELDS",
 ]
-
-T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names it."""
-
 
 @dataclass
 class TokenizerConfig:
@@ -289,34 +281,6 @@ class TrainConfig:
 
 
 @dataclass
-class SamplingConfig:
-    """Defaults for iterative decoding and the story loop."""
-
-    steps: int = 12
-    guidance: float = 3.0
-    guidance_ramp: bool = False
-    temperature: float = 1.0
-    choice_temperature: float | None = None  # confidence-noise scale; None = temperature
-    temporal_bias: float = 0.0  # > 0: reveal earlier token-frames first (>= 100: strictly in order)
-    use_critic: bool = False  # rank tokens by the token critic (the transformer must have one)
-    critic_revise: bool = False  # ... and let it send back tokens revealed at earlier steps
-    candidates: int = 1  # > 1: draw every window this many times, keep the one the transformer scores highest
-    polish: float = 0.0  # > 0: then replace drawn tokens less likely than this given all others by the likeliest
-    polish_passes: int = 1  # polish this many times, each pass on the last one's tokens (its scores then choose)
-    match_weight: float = 0.0  # > 0 (with candidates and a pipeline matcher): add this many nats per unit of the
-    # matcher's cosine similarity between a candidate's new frames and the prompt to the candidate's likelihood
-    relevance_floor: float = 0.0  # > 0: candidates the text explains less than this share of the best one's are
-    # passed over (relevance = likelihood given the text - given the null text; needs candidates > 1)
-    schedule: str = "cosine"
-    top_k: int | None = None
-    top_p: float | None = None
-    first_frames: int = 11
-    scene_frames: int = 6
-    context_frames: int = 5
-    fps: float = 8.0
-
-
-@dataclass
 class Config:
     """Everything one run needs: models, data, the trainers, sampling."""
 
@@ -328,7 +292,7 @@ class Config:
     train_maskgit: TrainConfig = field(default_factory=TrainConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     train_matcher: TrainConfig = field(default_factory=TrainConfig)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
 
     def __post_init__(self) -> None:
         self.resolve()
@@ -343,116 +307,6 @@ class Config:
             self.transformer.text_dim = text_dim
         elif self.text.kind == "scratch":
             self.transformer.text_dim = self.text.dim
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML/JSON value to the annotated type, or raise naming `where`."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, where)
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{where}: {value!r} does not fit {tp}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            choices = ", ".join(repr(a) for a in get_args(tp))
-            raise ConfigError(f"{where}: {value!r} is not one of {choices}")
-        return value
-    if origin in (list, tuple):
-        if isinstance(value, (int, float)) and origin is tuple:
-            return value  # e.g. image_size: 64, expanded by __post_init__
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    return value
-
-
-def from_dict(cls: type[T], data: Any, where: str = "") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys are errors naming them."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{where}.{key}" if where else str(key)
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(
-                f"unknown config key '{path}'{hint}; known keys in "
-                f"{where or cls.__name__}: {', '.join(known)}"
-            )
-        kwargs[key] = _coerce(value, hints[key], path)
-    try:
-        return cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where or cls.__name__}: {exc}") from exc
-
-
-def to_dict(obj: Any) -> Any:
-    """Dataclass -> plain JSON/YAML-safe data (tuples become lists)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
 
 
 DECODER_ONLY_FIELDS = ("decoder_spatial_window", "refine_channels", "refine_features")

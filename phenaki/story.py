@@ -1,8 +1,9 @@
 """Story files: one scene per line, blank lines and `#` comments ignored.
 
 A line may end with per-scene settings in square brackets, e.g.
-`a red ball moves right [frames=12 guidance=4]`; the settings a line may carry are
-those in `SCENE_SETTINGS`. Parsing is strict so a typo never silently changes a video.
+`a red ball moves right [frames=12 guidance=4]`: the scene's length (`frames` new frames,
+or `seconds`) and any sampling setting that `SamplingSettings` marks as a scene's own.
+Parsing is strict so a typo never silently changes a video.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCENE_SETTINGS: dict[str, type] = {
-    "frames": int,
-    "seconds": float,
-    "guidance": float,
-    "temperature": float,
-    "steps": int,
-}
+from .sampling.settings import (
+    SCENE_LENGTH_KEYS,
+    SamplingSettings,
+    SettingsError,
+    scene_setting_names,
+)
+
+SCENE_SETTINGS: tuple[str, ...] = (*SCENE_LENGTH_KEYS, *scene_setting_names())
 
 MAX_PROMPT_CHARS = 1000
 
@@ -51,14 +53,7 @@ def parse_scene_line(line: str, where: str = "prompt") -> StoryScene:
             if key not in SCENE_SETTINGS:
                 known = ", ".join(SCENE_SETTINGS)
                 raise StoryError(f"{where}: unknown scene setting '{key}' (known: {known})")
-            try:
-                settings[key] = SCENE_SETTINGS[key](value)
-            except ValueError:
-                raise StoryError(
-                    f"{where}: setting '{key}' needs a {SCENE_SETTINGS[key].__name__}, got '{value}'"
-                ) from None
-            if settings[key] <= 0:
-                raise StoryError(f"{where}: setting '{key}' must be positive, got '{value}'")
+            settings[key] = _scene_value(key, value, where)
     if not text:
         raise StoryError(f"{where}: the scene has no prompt text")
     if len(text) > MAX_PROMPT_CHARS:
@@ -89,3 +84,20 @@ def read_story(path: str | Path) -> list[StoryScene]:
     except UnicodeDecodeError as exc:
         raise StoryError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return parse_story(text, str(path))
+
+
+def _scene_value(key: str, value: str, where: str) -> Any:
+    """A bracket setting's value: a scene length (a positive number), or a checked sampling setting."""
+    if key in SCENE_LENGTH_KEYS:
+        kind = SCENE_LENGTH_KEYS[key]
+        try:
+            number = kind(value)
+        except ValueError:
+            raise StoryError(f"{where}: setting '{key}' needs a {kind.__name__}, got '{value}'") from None
+        if number <= 0:
+            raise StoryError(f"{where}: setting '{key}' must be positive, got '{value}'")
+        return number
+    try:
+        return SamplingSettings.parse(key, value)
+    except SettingsError as exc:
+        raise StoryError(f"{where}: {exc}") from None

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .fileio import atomic_file, atomic_write_dir, atomic_write_text
+from .utils.fileio import atomic_file, atomic_write_dir, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -897,3 +897,16 @@ __all__ = [
     "sidecar_path",
     "write_video",
 ]
+
+
+# ----------------------------------------------------------------------------- frames and model pixels
+
+
+def frames_to_pixels(video: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [0, 1] (the models' input)."""
+    return video.permute(0, 4, 1, 2, 3).float().div_(255.0)
+
+
+def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
+    """float [B, 3, T, H, W] in [0, 1] -> uint8 [B, T, H, W, 3]."""
+    return pixels.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()

@@ -53,7 +53,7 @@ class WebLimits:
     max_scenes: int = 8
     max_line_chars: int = 200
     max_total_frames: int = 128
-    max_steps: int = 32
+    max_steps: int = 64
     max_seed: int = 2**31 - 1
     concurrency: int = 1
     queue_size: int = 16
@@ -201,8 +201,8 @@ class StoryService:
         return {"mp4": mp4, "gif": gif, "json": sidecar, "frames": video.num_frames}  # type: ignore[dict-item]
 
 
-def build_app(service: StoryService, checkpoint: str) -> Any:
-    """The Gradio page."""
+def build_app(service: StoryService, model_name: str) -> Any:
+    """The Gradio page (`model_name` is shown: a name, never a path of the serving machine)."""
     import gradio as gr
 
     s = service.pipe.sampling
@@ -227,7 +227,7 @@ def build_app(service: StoryService, checkpoint: str) -> Any:
     # Gradio copies returned files into its cache: clear entries older than an hour, hourly
     with gr.Blocks(title="Phenaki: story to video", delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# Phenaki: story to video\nOne scene per line; each scene continues the last. "
-                    f"Model: `{checkpoint}`")
+                    f"Model: `{model_name}`")
         with gr.Row():
             with gr.Column():
                 story = gr.Textbox(label="Story (one scene per line)", lines=6, value=EXAMPLES[0],
@@ -262,7 +262,7 @@ def serve(checkpoint: str | None, *, host: str = "127.0.0.1", port: int = 7860, 
     pipe = Phenaki.from_pretrained(checkpoint, device=device, dtype=dtype)
     limits = limits or WebLimits()
     outputs = OutputStore(output_dir, limits.keep_outputs)
-    app = build_app(StoryService(pipe, limits, outputs), pipe.source or "demo model")
+    app = build_app(StoryService(pipe, limits, outputs), Path(pipe.source).name if pipe.source else "phenaki")
     app.launch(server_name=host, server_port=port, prevent_thread_lock=not block, allowed_paths=[str(outputs.root)],
                show_error=False, quiet=not block)
     return app

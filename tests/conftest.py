@@ -14,11 +14,16 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory):
     """A complete pipeline directory with tiny random models (64x64, 11 + 6 frames, 2 steps)."""
-    from phenaki.config import SamplingConfig, TextConfig, TokenizerConfig, TransformerConfig
-    from phenaki.cvivit import CViViT
-    from phenaki.maskgit import MaskGit
+    from phenaki.config import (
+        SamplingSettings,
+        TextConfig,
+        TokenizerConfig,
+        TransformerConfig,
+    )
+    from phenaki.models.cvivit import CViViT
+    from phenaki.models.maskgit import MaskGit
+    from phenaki.models.text import TextEncoder
     from phenaki.pipeline import Phenaki
-    from phenaki.text import TextEncoder
 
     torch.manual_seed(0)
     tok_cfg = TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
@@ -27,5 +32,5 @@ def tiny_pipeline_dir(tmp_path_factory):
                                TextConfig(kind="scratch", dim=16, depth=1, heads=2, ff_dim=32, max_length=12))
     transformer = MaskGit(TransformerConfig(dim=32, depth=1, heads=2, dim_head=16, max_token_frames=6,
                                             codebook_size=125, token_grid=(8, 8), text_dim=16))
-    pipe = Phenaki(CViViT(tok_cfg), transformer, text, SamplingConfig(steps=2), device="cpu", dtype="float32")
+    pipe = Phenaki(CViViT(tok_cfg), transformer, text, SamplingSettings(steps=2), device="cpu", dtype="float32")
     return pipe.save_pretrained(tmp_path_factory.mktemp("pipe") / "model")

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from phenaki.config import Config, from_dict
-from phenaki.training import cpu_only
+from phenaki.training.base import cpu_only
 
 TOKENIZER = {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
              "quantizer": "vq", "codebook_size": 64, "codebook_dim": 8, "num_frames": 5}
@@ -72,13 +72,17 @@ def main() -> None:
     cfg = config(args.which, args.out)
     if args.which == "tokenizer":
         from phenaki.data import build_dataset
-        from phenaki.tokenizer_trainer import TokenizerTrainer
+        from phenaki.training.tokenizer_trainer import TokenizerTrainer
 
         trainer = TokenizerTrainer(cfg, progress=False)
         dataset = Recording(build_dataset(cfg.data, "train"))
     else:
-        from phenaki.maskgit_trainer import MaskGitTrainer, ensure_token_cache, training_captions
-        from phenaki.token_cache import TokenDataset
+        from phenaki.training.maskgit_trainer import (
+            MaskGitTrainer,
+            ensure_token_cache,
+            training_captions,
+        )
+        from phenaki.training.token_cache import TokenDataset
 
         with state.main_process_first():
             cache = ensure_token_cache(cfg, args.tokenizer)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from phenaki.attention import attend, uses_explicit_attention
-from phenaki.cvivit import spatial_window_mask
+from phenaki.models.attention import attend, uses_explicit_attention
+from phenaki.models.cvivit import spatial_window_mask
 
 
 def _qkv(n_q: int, n_k: int, seed: int = 0) -> list[torch.Tensor]:

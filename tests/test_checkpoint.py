@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from phenaki.checkpoint import CheckpointError, PretrainedMixin
-from phenaki.fileio import atomic_write_dir, recover_dir
+from phenaki.utils.fileio import atomic_write_dir, recover_dir
 
 
 @dataclass

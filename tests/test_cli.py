@@ -51,7 +51,9 @@ def test_sample_rejects_unknown_output_suffix(runner, tmp_path):
     (["--guidance", "-1"], "--guidance"),
     (["--temporal-bias", "-1"], "--temporal-bias"),
     (["--dtype", "int8"], "--dtype"),
-    (["--critic", "always"], "--critic"),
+    (["--choice-temperature", "-1"], "--choice-temperature"),
+    (["--top-p", "1.5"], "--top-p"),
+    (["--schedule", "sideways"], "--schedule"),
     (["--candidates", "0"], "--candidates"),
     (["--polish", "1"], "--polish"),
     (["--polish-passes", "0"], "--polish-passes"),
@@ -68,7 +70,7 @@ def test_sample_validates_numbers(runner, args, message):
 def test_sample_refuses_a_critic_the_model_lacks(runner, tmp_path):
     """The shipped demo model has no token critic: asking for one names that, writes nothing."""
     out = tmp_path / "s.gif"
-    result = runner.invoke(sample_main, ["--prompt", "a red ball moves right", "--critic", "revise",
+    result = runner.invoke(sample_main, ["--prompt", "a red ball moves right", "--use-critic", "--critic-revise",
                                          "--out", str(out), "--first-frames", "1"])
     assert result.exit_code == 1
     assert "no token critic" in result.output

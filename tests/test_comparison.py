@@ -8,9 +8,14 @@ import torch
 from click.testing import CliRunner
 
 from phenaki.cli import eval_main
-from phenaki.comparison import ComparisonError, compare_results, format_comparison, paired_difference
 from phenaki.data.shapes import render_story
-from phenaki.judge import bootstrap_interval, evaluate_shapes
+from phenaki.evaluation.comparison import (
+    ComparisonError,
+    compare_results,
+    format_comparison,
+    paired_difference,
+)
+from phenaki.evaluation.judge import bootstrap_interval, evaluate_shapes
 from phenaki.video import Video
 
 

@@ -2,8 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from phenaki.config import Config, ConfigError, TokenizerConfig, from_dict, load_config, to_dict
-from phenaki.training import parse_overrides
+from phenaki.config import (
+    Config,
+    ConfigError,
+    TokenizerConfig,
+    from_dict,
+    load_config,
+    to_dict,
+)
+from phenaki.training.base import parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,8 @@ import torch
 
 from phenaki.checkpoint import CheckpointError
 from phenaki.config import ConfigError, TokenizerConfig
-from phenaki.cvivit import CViViT, CViViTOutput
-from phenaki.metrics import psnr
+from phenaki.evaluation.metrics import psnr
+from phenaki.models.cvivit import CViViT, CViViTOutput
 
 PT = 2
 

@@ -5,8 +5,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from phenaki.checkpoint import demo_checkpoint
 from phenaki.cli import sample_main
-from phenaki.pipeline import Phenaki, demo_checkpoint
+from phenaki.pipeline import Phenaki
 from phenaki.video import read_video
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from phenaki.config import TokenizerConfig
-from phenaki.cvivit import CViViT
+from phenaki.models.cvivit import CViViT
 
 ROOT = Path(__file__).resolve().parents[1]
 HELPER = ROOT / "tests" / "distributed_run.py"

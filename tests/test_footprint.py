@@ -4,11 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from phenaki.config import load_config
-from phenaki.cvivit import CViViT
-from phenaki.footprint import GIB, footprint
-from phenaki.maskgit import MaskGit
+from phenaki.models.cvivit import CViViT
+from phenaki.models.maskgit import MaskGit
+from phenaki.training.footprint import GIB, footprint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +21,7 @@ def test_counts_match_the_real_models():
     maskgit = sum(p.numel() for p in MaskGit(config.transformer).parameters())
     assert maskgit < gen.params < maskgit + 2_000_000  # + the scratch text encoder
     assert gen.per_device("fsdp") < gen.per_device("ddp")
-    from phenaki.matcher import TextVideoMatcher
+    from phenaki.models.matcher import TextVideoMatcher
 
     matcher = footprint(config, "matcher")
     assert matcher.params == sum(p.numel() for p in TextVideoMatcher(config.matcher).parameters())

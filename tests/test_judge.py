@@ -11,10 +11,27 @@ from click.testing import CliRunner
 
 from phenaki.cli import eval_main
 from phenaki.config import load_config
-from phenaki.data.shapes import (COLOURS, DIRECTIONS, SHAPES, HoldOut, holdout_from_config, parse_prompt,
-                                 render_story, sample_story)
-from phenaki.judge import (CRITERIA, bootstrap_interval, colour_distances, evaluate_shapes, format_shapes_table,
-                           judge_scene, judge_story, measure_frames, summarise)
+from phenaki.data.shapes import (
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    HoldOut,
+    holdout_from_config,
+    parse_prompt,
+    render_story,
+    sample_story,
+)
+from phenaki.evaluation.judge import (
+    CRITERIA,
+    bootstrap_interval,
+    colour_distances,
+    evaluate_shapes,
+    format_shapes_table,
+    judge_scene,
+    judge_story,
+    measure_frames,
+    summarise,
+)
 from phenaki.video import Video
 
 SCENE_CRITERIA = ("present", "colour", "shape", "direction", "smooth", "correct")
@@ -158,7 +175,7 @@ def test_wrong_shape():
     triangle = render_story("a red triangle moves right", size=14, start=(10, 20)).frames
     assert not judge_scene(square, "a red ball moves right").shape
     assert not judge_scene(triangle, "a red box moves right").shape
-    upside_down = triangle.flip(1)  # widens upward: no spec shape
+    upside_down = triangle.flip(1)  # widens upward: no domain shape
     assert not judge_scene(upside_down, "a red triangle moves right").shape
 
 
@@ -393,12 +410,17 @@ def test_holdout_split_helper_is_exact():
 
 def test_cli_with_a_real_tiny_pipeline(tmp_path):
     """End to end through Phenaki.generate (untrained, so only the plumbing is checked)."""
-    from phenaki.config import SamplingConfig, TextConfig, TokenizerConfig, TransformerConfig
-    from phenaki.cvivit import CViViT
+    from phenaki.config import (
+        SamplingSettings,
+        TextConfig,
+        TokenizerConfig,
+        TransformerConfig,
+    )
     from phenaki.data.shapes import all_phrasings
-    from phenaki.maskgit import MaskGit
+    from phenaki.models.cvivit import CViViT
+    from phenaki.models.maskgit import MaskGit
+    from phenaki.models.text import TextEncoder
     from phenaki.pipeline import Phenaki
-    from phenaki.text import TextEncoder
 
     torch.manual_seed(0)
     tokenizer = CViViT(TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
@@ -408,7 +430,7 @@ def test_cli_with_a_real_tiny_pipeline(tmp_path):
                                                       max_length=12))
     transformer = MaskGit(TransformerConfig(dim=32, depth=1, heads=2, dim_head=16, max_token_frames=6,
                                             codebook_size=125, token_grid=(8, 8), text_dim=16))
-    Phenaki(tokenizer, transformer, text, SamplingConfig(steps=2), device="cpu",
+    Phenaki(tokenizer, transformer, text, SamplingSettings(steps=2), device="cpu",
             dtype="float32").save_pretrained(tmp_path / "model")
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(eval_main, ["shapes", "--checkpoint", str(tmp_path / "model"), "--stories", "2",
@@ -432,10 +454,10 @@ def test_cli_with_a_real_tiny_pipeline(tmp_path):
 
 def test_tokenizer_ceiling_judges_reconstructions_of_the_true_render():
     from phenaki.config import TokenizerConfig
-    from phenaki.cvivit import CViViT
     from phenaki.data.shapes import render_story
-    from phenaki.evaluation import TokenizerCeiling
-    from phenaki.training import frames_to_pixels, pixels_to_frames
+    from phenaki.evaluation.ceiling import TokenizerCeiling
+    from phenaki.models.cvivit import CViViT
+    from phenaki.video import frames_to_pixels, pixels_to_frames
 
     torch.manual_seed(0)
     tokenizer = CViViT(TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,

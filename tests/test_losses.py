@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from phenaki.config import TokenizerConfig, TrainConfig
-from phenaki.cvivit import CViViT
-from phenaki.losses import (
+from phenaki.models.cvivit import CViViT
+from phenaki.training.losses import (
     PerceptualLoss,
     TokenizerLoss,
     adaptive_weight,

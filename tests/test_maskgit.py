@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from phenaki.config import TransformerConfig
-from phenaki.maskgit import MaskGit, critic_depth
-from phenaki.masking import (
+from phenaki.models.maskgit import MaskGit, critic_depth
+from phenaki.models.masking import (
     SCHEDULES,
     continuation_prime,
     mask_schedule,

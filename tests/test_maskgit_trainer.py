@@ -5,13 +5,17 @@ import torch
 
 from phenaki.checkpoint import load_state_dict
 from phenaki.config import Config, TokenizerConfig, from_dict
-from phenaki.cvivit import CViViT
 from phenaki.data.shapes import ShapesDataset
-from phenaki.maskgit import MaskGit
-from phenaki.maskgit_trainer import train_maskgit
-from phenaki.text import TextEncoder
-from phenaki.token_cache import TokenDataset, context_token_frames, tokenize_dataset
-from phenaki.training import frames_to_pixels
+from phenaki.models.cvivit import CViViT
+from phenaki.models.maskgit import MaskGit
+from phenaki.models.text import TextEncoder
+from phenaki.training.maskgit_trainer import train_maskgit
+from phenaki.training.token_cache import (
+    TokenDataset,
+    context_token_frames,
+    tokenize_dataset,
+)
+from phenaki.video import frames_to_pixels
 
 TOKENIZER = {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
              "quantizer": "fsq", "fsq_levels": [5, 5, 5], "num_frames": 5}
@@ -94,7 +98,7 @@ def test_token_cache_grows_when_more_items_are_wanted(tmp_path, tokenizer_dir, m
 
 
 def test_training_sees_a_larger_cache_items(tmp_path, tokenizer_dir):
-    from phenaki.maskgit_trainer import ensure_token_cache
+    from phenaki.training.maskgit_trainer import ensure_token_cache
 
     cfg = config(tmp_path)
     cfg.train_maskgit.cache_items = 5
@@ -174,7 +178,8 @@ def test_fine_tunes_an_exported_pipeline(tmp_path, tokenizer_dir):
 
 def test_trains_a_token_critic_onto_an_exported_pipeline(tmp_path, tokenizer_dir):
     """critic_only: the export gains a critic; the generator and text encoder come back bit for bit."""
-    from phenaki.pipeline import Phenaki, PipelineError
+    from phenaki.pipeline import Phenaki
+    from phenaki.sampling.settings import SettingsError
 
     first = train_maskgit(config(tmp_path / "a", steps=2), tokenizer_dir, progress=False)
     cfg = config(tmp_path / "b", steps=3)
@@ -202,7 +207,7 @@ def test_trains_a_token_critic_onto_an_exported_pipeline(tmp_path, tokenizer_dir
     revised = pipe.generate("a red ball moves right", seed=1, first_frames=5, use_critic=True, critic_revise=True)
     assert plain.frames.shape == revised.frames.shape
     assert revised.metadata["settings"]["critic_revise"] is True
-    with pytest.raises(PipelineError, match="no token critic"):
+    with pytest.raises(SettingsError, match="no token critic"):
         Phenaki.from_pretrained(first, device="cpu").generate("a red ball moves right", use_critic=True)
 
 
@@ -210,8 +215,9 @@ def test_learns_shapes_clips_from_their_prompts():
     """The whole path learns: Shapes pixels -> tokenizer ids -> text + MaskGIT -> sampled ids."""
     from phenaki.config import TextConfig, TransformerConfig
     from phenaki.data.shapes import render_story
-    from phenaki.masking import maskgit_loss
-    from phenaki.sampling import sample
+    from phenaki.models.masking import maskgit_loss
+    from phenaki.sampling.search import draw
+    from phenaki.sampling.settings import SamplingSettings
 
     torch.manual_seed(0)
     prompts = ["a red ball moves right", "the blue box rises", "a green triangle falls", "the white disc goes left"]
@@ -232,7 +238,7 @@ def test_learns_shapes_clips_from_their_prompts():
     text.eval()
     with torch.no_grad():
         emb, mask = text(prompts)
-    out = sample(model, emb, mask, num_token_frames=3, steps=8, guidance=2.0, temperature=0.5,
-                 generator=torch.Generator().manual_seed(0))
+    out = draw(model, (emb, mask), None, SamplingSettings(steps=8, guidance=2.0, temperature=0.5),
+               torch.Generator().manual_seed(0), num_token_frames=3)
     accuracy = (out == ids).float().mean().item()
     assert accuracy >= 0.8, accuracy

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from phenaki.checkpoint import load_state_dict
 from phenaki.config import Config, ConfigError, MatcherConfig, from_dict
 from phenaki.data.shapes import ShapesDataset
-from phenaki.matcher import TextVideoMatcher, contrastive_loss, frames_to_matcher
-from phenaki.matcher_trainer import scene_clips, train_matcher
+from phenaki.models.matcher import TextVideoMatcher, contrastive_loss, frames_to_matcher
 from phenaki.pipeline import Phenaki, PipelineError
+from phenaki.sampling.settings import SettingsError
+from phenaki.training.matcher_trainer import scene_clips, train_matcher
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -97,7 +98,7 @@ def test_frames_to_matcher_layout():
 def shapes_pipeline_dir(tiny_pipeline_dir, tmp_path_factory):
     """The tiny pipeline with a text encoder that knows the Shapes words (still untrained)."""
     from phenaki.config import TextConfig
-    from phenaki.text import TextEncoder
+    from phenaki.models.text import TextEncoder
 
     pipe = Phenaki.from_pretrained(tiny_pipeline_dir, device="cpu", dtype="float32")
     torch.manual_seed(0)
@@ -207,7 +208,7 @@ def test_pipeline_ships_loads_and_uses_its_matcher(tiny_pipeline_dir, tmp_path):
     assert matched.metadata["settings"]["match_weight"] == 1e6
     assert not torch.equal(plain.frames, matched.frames)
     assert torch.equal(matched.frames, shipped.generate(story, seed=3, candidates=3, match_weight=1e6).frames)
-    with pytest.raises(PipelineError, match="match_weight must be finite"):
+    with pytest.raises(SettingsError, match="match_weight must be finite"):
         shipped.generate(story[:1], match_weight=-1.0)
 
     # without a matcher: an explicit weight is an error, the settings' weight is not used

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from phenaki.metrics import bits_per_pixel, code_histogram, codebook_perplexity, codebook_usage, psnr, ssim
+from phenaki.evaluation.metrics import (
+    bits_per_pixel,
+    code_histogram,
+    codebook_perplexity,
+    codebook_usage,
+    psnr,
+    ssim,
+)
 
 
 def clip(seed: int = 0, shape: tuple[int, ...] = (2, 3, 3, 16, 16)) -> torch.Tensor:

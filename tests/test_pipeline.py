@@ -7,6 +7,7 @@ from click.testing import CliRunner
 
 from phenaki.cli import sample_main
 from phenaki.pipeline import Phenaki, PipelineError
+from phenaki.sampling.settings import SettingsError
 from phenaki.video import Video, read_video
 
 
@@ -45,13 +46,13 @@ def test_candidates_choose_among_draws_and_are_recorded(pipe, monkeypatch):
     import phenaki.pipeline as pipeline_module
 
     seen = []
-    real = pipeline_module.sample
+    real = pipeline_module.draw
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs["candidates"])
-        return real(*args, **kwargs)
+    def spy(model, text, prime, settings, *args, **kwargs):
+        seen.append(settings.candidates)
+        return real(model, text, prime, settings, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "sample", spy)
+    monkeypatch.setattr(pipeline_module, "draw", spy)
     default = pipe.generate(STORY[:2], seed=3)
     best = pipe.generate(STORY[:2], seed=3, candidates=3)
     assert seen == [pipe.sampling.candidates] * 2 + [3, 3]  # every scene chooses
@@ -59,7 +60,7 @@ def test_candidates_choose_among_draws_and_are_recorded(pipe, monkeypatch):
     assert best.metadata["settings"]["candidates"] == 3
     assert best.num_frames == default.num_frames and not torch.equal(best.frames, default.frames)
     assert torch.equal(best.frames, pipe.generate(STORY[:2], seed=3, candidates=3).frames)
-    with pytest.raises(PipelineError, match="candidates must be >= 1"):
+    with pytest.raises(SettingsError, match="candidates must be >= 1"):
         pipe.generate(STORY[:1], candidates=0)
 
 
@@ -69,11 +70,11 @@ def test_polish_is_applied_and_recorded(pipe):
     assert plain.metadata["settings"]["polish"] == 0.0 and polished.metadata["settings"]["polish"] == 0.5
     assert not torch.equal(plain.frames, polished.frames)
     assert torch.equal(polished.frames, pipe.generate(STORY[:2], seed=3, polish=0.5).frames)
-    with pytest.raises(PipelineError, match="polish must be in"):
+    with pytest.raises(SettingsError, match="polish must be in"):
         pipe.generate(STORY[:1], polish=1.0)
     twice = pipe.generate(STORY[:2], seed=3, polish=0.5, polish_passes=2)
     assert twice.metadata["settings"]["polish_passes"] == 2 and polished.metadata["settings"]["polish_passes"] == 1
-    with pytest.raises(PipelineError, match="polish_passes must be"):
+    with pytest.raises(SettingsError, match="polish_passes must be"):
         pipe.generate(STORY[:1], polish=0.5, polish_passes=0)
 
 
@@ -84,7 +85,7 @@ def test_relevance_floor_is_applied_and_recorded(pipe):
     assert gated.metadata["settings"]["relevance_floor"] == 1.0
     assert not torch.equal(plain.frames, gated.frames)
     assert torch.equal(gated.frames, pipe.generate(STORY[:2], seed=3, candidates=3, relevance_floor=1.0).frames)
-    with pytest.raises(PipelineError, match="relevance_floor must be in"):
+    with pytest.raises(SettingsError, match="relevance_floor must be in"):
         pipe.generate(STORY[:1], relevance_floor=2.0)
 
 
@@ -107,13 +108,13 @@ def test_later_scenes_are_primed_with_the_tail_of_the_video(pipe, monkeypatch):
     import phenaki.pipeline as pipeline_module
 
     seen = []
-    original = pipeline_module.sample
+    original = pipeline_module.draw
 
-    def spy(model, text_emb, text_mask, *, num_token_frames, prime, **kwargs):
+    def spy(model, text, prime, settings, generator, *, num_token_frames, **kwargs):
         seen.append((num_token_frames, None if prime is None else prime.shape[1]))
-        return original(model, text_emb, text_mask, num_token_frames=num_token_frames, prime=prime, **kwargs)
+        return original(model, text, prime, settings, generator, num_token_frames=num_token_frames, **kwargs)
 
-    monkeypatch.setattr(pipeline_module, "sample", spy)
+    monkeypatch.setattr(pipeline_module, "draw", spy)
     pipe.generate(STORY, seed=0, progress=False)
     # scene 1: 6 token-frames from scratch; later: 5 context frames = 3 primed + 3 new token-frames
     assert seen == [(6, None), (6, 3), (6, 3)]
@@ -219,7 +220,7 @@ def test_export_drops_transformer_blocks_and_says_so(pipeline_dir, tmp_path):
     import importlib.util
     from pathlib import Path
 
-    from phenaki.maskgit import MaskGit
+    from phenaki.models.maskgit import MaskGit
 
     script = Path(__file__).resolve().parents[1] / "train" / "export_model.py"
     spec = importlib.util.spec_from_file_location("export_model", script)
@@ -253,7 +254,7 @@ def test_export_swaps_in_a_decoder_only_fine_tune_and_refuses_other_tokenizers(p
     import importlib.util
     from pathlib import Path
 
-    from phenaki.cvivit import CViViT
+    from phenaki.models.cvivit import CViViT
 
     script = Path(__file__).resolve().parents[1] / "train" / "export_model.py"
     spec = importlib.util.spec_from_file_location("export_model", script)

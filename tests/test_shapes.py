@@ -1,4 +1,4 @@
-"""Tests for the Shapes story domain: the renderer must match SHAPES.md to the pixel."""
+"""Tests for the Shapes story domain: the renderer must match the domain (docs/shapes.md) to the pixel."""
 
 from __future__ import annotations
 

@@ -12,14 +12,15 @@ from torch.utils.data import DataLoader
 
 from phenaki.cli import data_main
 from phenaki.config import Config, TokenizerConfig, from_dict
-from phenaki.cvivit import CViViT
-from phenaki.data import build_dataset, shards as shards_module
+from phenaki.data import build_dataset
+from phenaki.data import shards as shards_module
 from phenaki.data.export import export_shapes
 from phenaki.data.shards import ShardDataset, expand_urls, write_shards
 from phenaki.data.video_text import DatasetError
-from phenaki.maskgit_trainer import train_maskgit
-from phenaki.token_cache import MANIFEST, TokenDataset
-from phenaki.training import collate_clips
+from phenaki.models.cvivit import CViViT
+from phenaki.training.base import collate_clips
+from phenaki.training.maskgit_trainer import train_maskgit
+from phenaki.training.token_cache import MANIFEST, TokenDataset
 
 TOKENIZER = {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
              "quantizer": "fsq", "fsq_levels": [5, 5, 5], "num_frames": 5}
@@ -136,7 +137,7 @@ def test_round_trip_folder_shards_tokens_training(folder, tmp_path, caplog):
     tokenizer = CViViT.from_pretrained(tok_dir)
     first = next(iter(ShardDataset(str(tmp_path / "shards" / "shard-000000.tar"), num_frames=5, fps=8, size=64,
                                    shuffle_buffer=0, epochs=1)))
-    from phenaki.training import frames_to_pixels
+    from phenaki.video import frames_to_pixels
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected = tokenizer.encode(frames_to_pixels(first["video"][None]))[0]
@@ -171,7 +172,7 @@ def test_round_trip_folder_shards_tokens_training(folder, tmp_path, caplog):
 
 
 def test_tokenizer_trainer_streams_shards(shard_dir, tmp_path):
-    from phenaki.tokenizer_trainer import train_tokenizer
+    from phenaki.training.tokenizer_trainer import train_tokenizer
 
     config = from_dict(Config, {
         "tokenizer": TOKENIZER,

@@ -23,7 +23,10 @@ def test_per_scene_settings():
         ("a ball [speed=3]", "unknown scene setting 'speed'"),
         ("a ball [frames=many]", "'frames' needs a int"),
         ("a ball [frames]", "key=value"),
-        ("a ball [guidance=-1]", "must be positive"),
+        ("a ball [guidance=-1]", "guidance must be >= 0"),
+        ("a ball [frames=-2]", "must be positive"),
+        ("a ball [candidates=0]", "candidates must be >= 1"),
+        ("a ball [use_critic=maybe]", "use_critic: expected true/false"),
         ("[frames=3]", "no prompt text"),
     ],
 )

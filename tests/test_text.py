@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from phenaki.config import ConfigError, TextConfig
-from phenaki.text import EmbeddingCache, TextEncoder, TextEncoderError, pad_rows
+from phenaki.models.text import EmbeddingCache, TextEncoder, TextEncoderError, pad_rows
 
 CORPUS = [
     "a red circle moves left",
@@ -177,7 +177,7 @@ def test_prompts_must_be_a_list(t5_dir: Path) -> None:
 def test_truncation_warns_once(t5_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     enc = TextEncoder.from_pretrained(t5_dir, max_length=8)
     long = "the blue square jumps up and down and a red circle moves left"
-    with caplog.at_level(logging.WARNING, logger="phenaki.text"):
+    with caplog.at_level(logging.WARNING, logger="phenaki.models.text"):
         emb, mask = enc.encode([long, "a"])
         enc.encode([long])
         enc.encode_cached([long])
@@ -248,7 +248,7 @@ def test_corrupt_cache_file_is_recovered(
     path.write_bytes(b"not a safetensors file")
     fresh = TextEncoder.from_pretrained(t5_dir, cache_dir=tmp_path)
     calls = _row_counter(fresh)
-    with caplog.at_level(logging.WARNING, logger="phenaki.text"):
+    with caplog.at_level(logging.WARNING, logger="phenaki.models.text"):
         got, _ = fresh.encode_cached(["a red circle"])
     assert calls == [1]
     assert any("unreadable" in r.getMessage() for r in caplog.records)
@@ -317,7 +317,7 @@ def test_scratch_encoder_drops_unknown_words(
     torch.manual_seed(0)
     enc = TextEncoder.scratch(SHAPES, shapes_config).eval()
     assert enc.drop_unknown
-    with caplog.at_level(logging.WARNING, logger="phenaki.text"):
+    with caplog.at_level(logging.WARNING, logger="phenaki.models.text"):
         emb, mask = enc.encode(["a red circle floats up", "a red circle up", "a purple hexagon"])
     assert mask.sum(1).tolist() == [5, 5, 2]
     assert torch.equal(emb[0], emb[1])
@@ -326,7 +326,7 @@ def test_scratch_encoder_drops_unknown_words(
     assert any("floats" in m and "ignored" in m for m in warned)
     assert any("purple, hexagon" in m for m in warned)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="phenaki.text"):
+    with caplog.at_level(logging.WARNING, logger="phenaki.models.text"):
         enc.encode(["a red circle floats up"])
     assert not caplog.records  # once per prompt
     key = enc.cache_key("a red circle floats up")

@@ -4,11 +4,17 @@ import json
 import pytest
 import torch
 
-from phenaki.config import Config, from_dict
-from phenaki.cvivit import CViViT
 from phenaki.checkpoint import load_state_dict
-from phenaki.tokenizer_trainer import train_tokenizer
-from phenaki.training import EMA, ResumableSampler, collate_clips, lr_factor, parse_overrides
+from phenaki.config import Config, from_dict
+from phenaki.models.cvivit import CViViT
+from phenaki.training.base import (
+    EMA,
+    ResumableSampler,
+    collate_clips,
+    lr_factor,
+    parse_overrides,
+)
+from phenaki.training.tokenizer_trainer import train_tokenizer
 
 
 def tiny_config(out, quantizer="vq", steps=4, **train):
@@ -80,7 +86,7 @@ def test_run_writes_metrics_previews_and_checkpoints(tmp_path):
 
 def test_compile_option_compiles_the_trained_module(tmp_path):
     """`compile: true` hands the model to torch.compile (through accelerate); off, nothing is compiled."""
-    from phenaki.tokenizer_trainer import TokenizerTrainer
+    from phenaki.training.tokenizer_trainer import TokenizerTrainer
 
     plain = TokenizerTrainer(tiny_config(tmp_path / "plain"), progress=False)
     compiled = TokenizerTrainer(tiny_config(tmp_path / "compiled", compile=True), progress=False)
@@ -99,7 +105,7 @@ def test_compiled_training_runs_and_exports(tmp_path):
 
 def test_cpu_training_uses_the_fused_adamw_and_it_steps_like_the_plain_one(tmp_path):
     """The trainer asks for fused AdamW on CPU; a fused step lands where torch's default step does."""
-    from phenaki.tokenizer_trainer import TokenizerTrainer
+    from phenaki.training.tokenizer_trainer import TokenizerTrainer
 
     trainer = TokenizerTrainer(tiny_config(tmp_path / "run"), progress=False)
     optimizer = trainer.optimizers["tokenizer"]
@@ -150,7 +156,7 @@ def test_init_from_a_checkpoint_starts_from_its_ema_weights(tmp_path):
     assert not (tmp_path / "first" / "final").exists()
     config = tiny_config(tmp_path / "second", quantizer="fsq", init_from=str(ckpt), decoder_only=True, steps=1)
     config.tokenizer.dim = 64  # ignored: the architecture comes from the checkpoint
-    from phenaki.tokenizer_trainer import TokenizerTrainer
+    from phenaki.training.tokenizer_trainer import TokenizerTrainer
 
     start = TokenizerTrainer(config, progress=False).unwrapped
     assert start.config.dim == 32

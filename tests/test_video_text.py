@@ -8,7 +8,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from phenaki.data.video_text import DatasetError, VideoTextDataset
-from phenaki.training import collate_clips
+from phenaki.training.base import collate_clips
 from phenaki.video import write_video
 
 DATA = Path(__file__).parent / "data"

@@ -44,9 +44,9 @@ def test_a_good_story_parses_with_its_settings():
     ("a red ball rises [speed=3]", {}, "unknown scene setting 'speed'"),
     ("a red ball rises", {"seed": -1}, "seed must be a whole number"),
     ("a red ball rises", {"seed": 1.5}, "seed must be a whole number"),
-    ("a red ball rises", {"steps": 0}, "Steps must be a whole number from 1 to 32"),
+    ("a red ball rises", {"steps": 0}, "Steps must be a whole number from 1 to 64"),
     ("a red ball rises", {"fps": 0}, "Frames per second"),
-    ("a red ball rises [steps=1000]", {}, "Scene 1: steps=1000 is above this server's limit of 32"),
+    ("a red ball rises [steps=1000]", {}, "Scene 1: steps=1000 is above this server's limit of 64"),
     ("a red ball rises [seconds=inf]", {}, "Scene 1: seconds must be a finite number"),
     ("a red ball rises", {"scene_seconds": float("nan")}, "Scene length must be a positive number"),
 ])
@@ -137,7 +137,7 @@ def _set_story(page, text: str) -> None:
     box.fill(text)
 
 
-def test_browser_generates_a_two_scene_story(server, page, tmp_path):
+def test_browser_generates_a_two_scene_story(server, page, tmp_path, tiny_model):
     url, out = server
     page.goto(url, wait_until="networkidle")
     _set_story(page, "a red ball moves right\nthe blue box rises")
@@ -148,6 +148,9 @@ def test_browser_generates_a_two_scene_story(server, page, tmp_path):
     ARTEFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTEFACTS / "web-demo.png"), full_page=True)
     assert "2 scene(s), 17 frames" in page.locator("#summary").inner_text()
+    # the page names the model by its folder, never by a path of the serving machine
+    assert f"Model: {Path(tiny_model).name}" in page.locator("body").inner_text()
+    assert str(Path(tiny_model).parent) not in page.content()
     # the files offered for download are the ones generated: 11 + 6 frames at 8 fps
     links = page.locator("#files a[href]")
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]

@@ -15,8 +15,8 @@ import click
 import torch
 
 from phenaki.checkpoint import CheckpointError
-from phenaki.cvivit import CViViT
-from phenaki.matcher import TextVideoMatcher
+from phenaki.models.cvivit import CViViT
+from phenaki.models.matcher import TextVideoMatcher
 from phenaki.pipeline import Phenaki, PipelineError
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": None}
@@ -61,12 +61,12 @@ def main(source, target, dtype, text_dtype, tokenizer_dir, drop_blocks, matcher_
     if match_weight is not None:
         if match_weight > 0 and pipe.matcher is None:
             raise click.ClickException("--match-weight: the export has no matcher (give --matcher DIR)")
-        pipe.sampling.match_weight = match_weight
+        pipe.sampling = pipe.sampling.replace(match_weight=match_weight)
     elif pipe.matcher is not None and pipe.sampling.match_weight <= 0:
         click.echo("note: the export has a matcher but sampling.match_weight is 0, so it is not used "
                    "(set it with --match-weight)", err=True)
     if polish_passes is not None:
-        pipe.sampling.polish_passes = polish_passes
+        pipe.sampling = pipe.sampling.replace(polish_passes=polish_passes)
     path = pipe.save_pretrained(target, dtype=DTYPES[dtype], text_dtype=DTYPES[text_dtype or dtype])
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     click.echo(f"wrote {path} ({size / 1e6:.1f} MB)")

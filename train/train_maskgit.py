@@ -7,7 +7,7 @@
 import click
 
 from phenaki.cli import training_command, training_config
-from phenaki.maskgit_trainer import train_maskgit
+from phenaki.training.maskgit_trainer import train_maskgit
 
 
 @training_command("train_maskgit")

@@ -9,7 +9,7 @@
 import click
 
 from phenaki.cli import training_command, training_config
-from phenaki.matcher_trainer import train_matcher
+from phenaki.training.matcher_trainer import train_matcher
 
 
 @training_command("train_matcher")

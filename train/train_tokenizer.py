@@ -7,7 +7,7 @@
 import click
 
 from phenaki.cli import training_command, training_config
-from phenaki.tokenizer_trainer import train_tokenizer
+from phenaki.training.tokenizer_trainer import train_tokenizer
 
 
 @training_command("train_tokenizer")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ..fileio import atomic_write_dir
+from ..utils.fileio import atomic_write_dir
 from ..video import write_video
 from .shapes import FPS, HoldOut, ShapesDataset
 

@@ -1,4 +1,4 @@
-"""The Shapes story domain (spec: ``SHAPES.md`` v1): prompts, renderer, dataset.
+"""The Shapes story domain (described in docs/shapes.md): prompts, renderer, dataset.
 
 A tiny, fully specified text-to-video domain: one flat-coloured object (circle,
 square or triangle) moves on a black 64 x 64 canvas.  Every attribute of a prompt
@@ -6,7 +6,7 @@ is visible in plain pixel statistics, so the project can train and measure text
 faithfulness without any pretrained model.  Everything here is deterministic given
 a seed; nothing reads or disturbs the global RNGs.
 
-Exact rendering semantics (pinned down where the spec is silent)
+Exact rendering semantics (pinned down where the domain description is silent)
 -----------------------------------------------------------------
 * Coordinates: ``x`` is the column (grows to the right), ``y`` the row (grows
   downward).  The object lives in a ``d x d`` box whose top-left pixel is ``(x, y)``;
@@ -23,7 +23,7 @@ Exact rendering semantics (pinned down where the spec is silent)
   scene ``k`` already shows scene ``k``'s colour *and* has moved 2 px in scene ``k``'s
   direction from the last frame of scene ``k-1``.
 * Shape and size are fixed by the first prompt for the whole story.  A later prompt
-  naming another shape keeps the story's shape and logs a warning (the spec says the
+  naming another shape keeps the story's shape and logs a warning (the domain says the
   object keeps its shape; a sampler may still emit such prompts).
 * Masks (box coordinates; pixel ``(i, j)`` = row ``i``, column ``j``; its centre is
   ``(j + 0.5, i + 0.5)``), computed exactly in integers:
@@ -495,7 +495,7 @@ def render_story(
     size: int | None = None,
     start: tuple[int, int] | None = None,
 ) -> StoryRender:
-    """Render a story exactly as the spec says (see module docstring for the rules).
+    """Render a story exactly as the domain (docs/shapes.md) says (see module docstring for the rules).
 
     ``start`` is the top-left (x, y) of the object's box on frame 0.
     """

@@ -32,7 +32,7 @@ from typing import Any, Iterator, Literal
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..fileio import atomic_file
+from ..utils.fileio import atomic_file
 from ..video import VideoError, probe_video, read_video, resize_and_crop
 from .video_text import DatasetError, read_captions
 

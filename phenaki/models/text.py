@@ -30,8 +30,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from .config import ConfigError, TextConfig
-from .fileio import atomic_file, atomic_write_dir, atomic_write_text, recover_dir
+from ..config import ConfigError, TextConfig
+from ..utils.fileio import atomic_file, atomic_write_dir, atomic_write_text, recover_dir
 
 __all__ = [
     "EmbeddingCache",

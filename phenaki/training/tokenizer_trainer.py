@@ -1,6 +1,6 @@
 """Training the C-ViViT tokenizer: reconstruction + quantizer (+ optional GAN/perceptual).
 
-The loop, checkpoints, EMA and resume come from `phenaki.training.Trainer`; this
+The loop, checkpoints, EMA and resume come from `phenaki.training.base.Trainer`; this
 module only says what one step computes, what a preview shows and what is exported.
 """
 
@@ -14,12 +14,13 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset
 
-from .config import Config, TokenizerConfig
-from .cvivit import CViViT
-from .data import build_dataset
+from ..config import Config, TokenizerConfig
+from ..data import build_dataset
+from ..evaluation.metrics import codebook_perplexity, codebook_usage, psnr, ssim
+from ..models.cvivit import CViViT
+from ..video import frames_to_pixels, pixels_to_frames
+from .base import EMA_FILE, STATE_FILE, Trainer, collate_clips, group_shares
 from .losses import TokenizerLoss, build_discriminator, vgg16_perceptual
-from .metrics import codebook_perplexity, codebook_usage, psnr, ssim
-from .training import EMA_FILE, STATE_FILE, Trainer, collate_clips, frames_to_pixels, group_shares, pixels_to_frames
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,8 @@ def _load_initial(path: str | Path) -> CViViT:
     """
     import json
 
-    from .checkpoint import load_state_dict
-    from .config import from_dict
+    from ..checkpoint import load_state_dict
+    from ..config import from_dict
 
     root = Path(path)
     if not (root / STATE_FILE).is_file():
@@ -195,7 +196,7 @@ class TokenizerTrainer(Trainer):
 
     def preview(self) -> None:
         """Log held-out metrics and write original | reconstruction side by side."""
-        from .video import write_video
+        from ..video import write_video
 
         metrics, pixels, recon = self.evaluate()
         self.log_metrics(metrics)

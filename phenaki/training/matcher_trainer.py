@@ -9,7 +9,6 @@ of `sampling.scene_frames` frames, the length of a continuation scene.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,16 @@ from typing import Any
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from .checkpoint import write_json
-from .config import Config, to_dict
-from .cvivit import CViViT
-from .matcher import TextVideoMatcher, contrastive_loss, frames_to_matcher
-from .pipeline import PIPELINE_FILE, pipeline_text_encoder
-from .training import Trainer
+from ..checkpoint import (
+    CheckpointError,
+    pipeline_text_encoder,
+    read_pipeline_settings,
+    write_json,
+)
+from ..config import Config, to_dict
+from ..models.cvivit import CViViT
+from ..models.matcher import TextVideoMatcher, contrastive_loss, frames_to_matcher
+from .base import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +65,12 @@ class MatcherTrainer(Trainer):
     def __init__(self, config: Config, pipeline_dir: str | Path, **kwargs: Any) -> None:
         super().__init__(config, config.train_matcher, **kwargs)
         root = Path(pipeline_dir)
-        if not (root / PIPELINE_FILE).is_file():
-            raise ValueError(f"{root} is not a pipeline directory (no {PIPELINE_FILE}): the matcher is trained "
-                             "for a trained pipeline, whose text encoder it reads")
+        try:
+            settings = read_pipeline_settings(root, "a pipeline directory")
+        except CheckpointError as exc:
+            raise ValueError(f"{exc}: the matcher is trained for a trained pipeline, whose text encoder it "
+                             "reads") from None
         self.pipeline_dir = root
-        settings = json.loads((root / PIPELINE_FILE).read_text(encoding="utf-8"))
         self.text = pipeline_text_encoder(root, settings, trainable=False).to(self.device)
         config.tokenizer = CViViT.load_config(root / "tokenizer")
         config.resolve(text_dim=self.text.dim)
@@ -105,7 +109,7 @@ class MatcherTrainer(Trainer):
 def train_matcher(config: Config, pipeline_dir: str | Path, *, resume: str | None = None,
                   stop_at: int | None = None, **kwargs: Any) -> Path:
     """Matcher training on `config.data` for the pipeline in `pipeline_dir`; returns the matcher directory."""
-    from .data import build_dataset
+    from ..data import build_dataset
 
     if kwargs.get("output_dir"):
         config.train_matcher.output_dir = str(kwargs["output_dir"])

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .checkpoint import PretrainedMixin
-from .config import MatcherConfig
-from .training import frames_to_pixels
+from ..checkpoint import PretrainedMixin
+from ..config import MatcherConfig
+from ..video import frames_to_pixels
 
 
 class TextVideoMatcher(nn.Module, PretrainedMixin):

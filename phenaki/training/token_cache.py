@@ -19,10 +19,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 
-from .config import to_dict
-from .cvivit import CViViT
-from .fileio import atomic_file, atomic_write_text
-from .training import frames_to_pixels
+from ..config import to_dict
+from ..models.cvivit import CViViT
+from ..utils.fileio import atomic_file, atomic_write_text
+from ..video import frames_to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def tokenize_shards(
     without redoing finished shards; the manifest comes last and makes the folder a
     token cache that `TokenDataset` (and so the MaskGIT trainer) reads directly.
     """
-    from .data.shards import ShardDataset, expand_urls
+    from ..data.shards import ShardDataset, expand_urls
 
     urls = expand_urls(shards)
     out = Path(out_dir)

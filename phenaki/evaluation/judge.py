@@ -1,4 +1,4 @@
-"""Judge generated Shapes videos (spec: ``SHAPES.md``) from their pixels alone.
+"""Judge generated Shapes videos (the domain: docs/shapes.md) from their pixels alone.
 
 No learned model is involved: every attribute a Shapes prompt names is visible in
 plain pixel statistics, so a scene is checked against its prompt with a few
@@ -23,7 +23,7 @@ Criteria (all thresholds are module constants, named in brackets)
     1 of an 11-frame scene): "almost every frame", without letting a flickering
     object pass.
 
-    * Foreground = brightest channel ``>= FG_THRESHOLD`` (90).  The dimmest spec
+    * Foreground = brightest channel ``>= FG_THRESHOLD`` (90).  The dimmest domain
       colour peaks at 190 (green) and the brightest at 235 (yellow), so 90 is about
       half of the dimmest peak and sits between 1/3 of the brightest (78, the halo
       a 1-px blur spreads outside an edge) and 2/3 of the dimmest (127, the edge
@@ -33,9 +33,9 @@ Criteria (all thresholds are module constants, named in brackets)
     * Components smaller than ``MIN_COMPONENT`` (6 px) are ignored: isolated
       specks a lossy tokenizer leaves behind; the smallest object has 74 px.
     * Object-sized = area in ``[MIN_AREA, MAX_AREA]`` = [36, 400] px (half the
-      smallest spec object, a 12-px triangle of 74 px; about 1.5 x the largest, a
+      smallest domain object, a 12-px triangle of 74 px; about 1.5 x the largest, a
       16-px square of 256 px) and both bounding-box sides in ``[MIN_SIDE,
-      MAX_SIDE]`` = [8, 22] px (spec sides are 12..16; 4 px less for a tip lost to
+      MAX_SIDE]`` = [8, 22] px (domain sides are 12..16; 4 px less for a tip lost to
       blur, 6 px more for smearing).  Uniform noise (one canvas-sized component)
       and a blank frame (none) both fail.
 
@@ -43,19 +43,19 @@ Criteria (all thresholds are module constants, named in brackets)
     Each frame's colour is the per-channel median of the brighter half of the
     object's pixels (its interior: blurred edge pixels are mixed with black); the
     scene's colour is the per-channel median of those over frames.  It is compared
-    with the 7 spec colours *up to brightness*: each spec colour is scaled by the
+    with the 7 domain colours *up to brightness*: each domain colour is scaled by the
     least-squares factor that fits the measurement, clamped to ``BRIGHTNESS_RANGE``
     (0.7..1.15), before the Euclidean RGB distance is taken, because lossy decoders
     and blur dim or brighten a flat colour without changing which colour it is (a
     small, mostly-edge triangle measures darker after a blur).  The prompt's
     colour must be the nearest and clearly so: its distance ``<= COLOUR_RATIO``
-    (0.6) x the runner-up's.  The closest spec pair under this distance (green,
+    (0.6) x the runner-up's.  The closest domain pair under this distance (green,
     cyan) is ~100 apart; 0.6 accepts a colour up to ~40 % of the way towards its
     neighbour and rejects anything ambiguous (1.0 is the exact midpoint).
 
 ``shape``
     Per frame, from the bounding box's aspect (w / h), fill ratio and taper:
-    aspect outside ``ASPECT_RANGE`` (0.75..1.33; every spec shape is d x d) ->
+    aspect outside ``ASPECT_RANGE`` (0.75..1.33; every domain shape is d x d) ->
     other; taper ``< TAPER_MAX`` (0.6: the object clearly widens downward) ->
     triangle if fill ``< TRIANGLE_FILL_MAX`` (0.75) else other; taper ``> 1 /
     TAPER_MAX`` (widens upward) -> other; otherwise fill ``>= SQUARE_FILL`` (0.89)
@@ -74,7 +74,7 @@ Criteria (all thresholds are module constants, named in brackets)
     first; ``along`` its component in the prompted direction, ``across`` the
     perpendicular magnitude.  Correct when the object moved the prompted way:
     ``along >= max(MIN_MOVE, MOVE_FRACTION * expected)`` (2 px; 30 % of the
-    2 px/frame travel the spec prescribes, i.e. 3 px over a 6-frame scene, 6 px
+    2 px/frame travel the domain prescribes, i.e. 3 px over a 6-frame scene, 6 px
     over 11 frames: tolerant of a slow model, far above the sub-pixel centroid
     jitter of a lossy decoder, not passed by a static object) and ``along >
     across`` (the dominant axis).  Special case, because the renderer clamps at
@@ -85,16 +85,16 @@ Criteria (all thresholds are module constants, named in brackets)
 
 ``smooth``
     Between consecutive frames showing the object the centroid moves at most
-    ``MAX_STEP`` (4 px) per frame (twice the spec speed of 2 px: room for shape
+    ``MAX_STEP`` (4 px) per frame (twice the domain speed of 2 px: room for shape
     jitter, while a teleport jumps much further); every frame's area is within a
     factor ``SIZE_FACTOR`` (1.5) of the scene's median area; every frame's colour is
     within ``COLOUR_DRIFT`` (60) of the scene colour (about half the distance
-    between the closest pair of spec colours, so a frame cannot drift towards
+    between the closest pair of domain colours, so a frame cannot drift towards
     another colour).
 
 ``continuity`` (only with ``prev_frames``; ``None`` otherwise)
     The object's centroid in the scene's first frame is within ``CONTINUITY_PX``
-    (5 px: the spec's 2-px step across the cut plus 3 px of slack) of its centroid
+    (5 px: the domain's 2-px step across the cut plus 3 px of slack) of its centroid
     in the previous scene's last frame, the shape class is the same in both scenes
     (the last ``CONTINUITY_TAIL`` = 4 frames of the previous scene), and the area
     is within ``SIZE_FACTOR`` of the previous one.  When the object is missing from
@@ -122,7 +122,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .data.shapes import COLOURS, DIRECTION_VECTORS, SPEED, HoldOut, parse_prompt, sample_story
+from ..data.shapes import (
+    COLOURS,
+    DIRECTION_VECTORS,
+    SPEED,
+    HoldOut,
+    parse_prompt,
+    sample_story,
+)
 
 __all__ = [
     "FG_THRESHOLD", "MIN_COMPONENT", "MIN_AREA", "MAX_AREA", "MIN_SIDE", "MAX_SIDE", "PRESENT_FRACTION",
@@ -183,9 +190,9 @@ class FrameObject:
 
 
 def colour_distances(rgb: Any) -> torch.Tensor:
-    """Distance of an RGB colour to each spec colour (``COLOURS`` order), up to brightness.
+    """Distance of an RGB colour to each domain colour (``COLOURS`` order), up to brightness.
 
-    Each spec colour ``c`` is first scaled by the factor ``s`` that best fits ``rgb``
+    Each domain colour ``c`` is first scaled by the factor ``s`` that best fits ``rgb``
     (least squares), clamped to ``BRIGHTNESS_RANGE``: the distance is ``|rgb - s c|``.
     """
     rgb = torch.as_tensor(rgb, dtype=torch.float32).view(1, 3)
@@ -232,7 +239,7 @@ def _classify(fill: float, taper: float, aspect: float) -> str:
         return "other"
     if taper < TAPER_MAX:  # clearly widens downward
         return "triangle" if fill < TRIANGLE_FILL_MAX else "other"
-    if taper > 1 / TAPER_MAX:  # widens upward: no spec shape does
+    if taper > 1 / TAPER_MAX:  # widens upward: no domain shape does
         return "other"
     if fill >= SQUARE_FILL:
         return "square"
@@ -329,7 +336,7 @@ def _median(values: Sequence[float]) -> float:
 
 
 def _scene_shape(objects: Sequence[FrameObject]) -> tuple[str, int]:
-    """Most common shape class (ties broken in spec order) and its count."""
+    """Most common shape class (ties broken in the domain's order) and its count."""
     counts = Counter(o.shape for o in objects)
     order = ["circle", "square", "triangle", "other"]
     best = max(order, key=lambda s: (counts.get(s, 0), -order.index(s)))
@@ -348,74 +355,89 @@ def judge_scene(frames: Any, prompt: str, prev_frames: Any | None = None) -> Sce
     """
     parsed = parse_prompt(prompt)
     frames = _as_frames(frames, "frames")
-    h, w = int(frames.shape[1]), int(frames.shape[2])
     n = int(frames.shape[0])
-    objects = measure_frames(frames)
-    seen = _indexed(objects)
-    reasons: list[str] = []
+    seen = _indexed(measure_frames(frames))
     verdict = SceneVerdict(
         prompt=prompt, frames=n, present=False, colour=False, shape=False, direction=False, smooth=False,
         continuity=None, correct=False, found_frames=len(seen), expected_colour=parsed.colour,
-        expected_shape=parsed.shape, expected_direction=parsed.direction, reasons=reasons,
+        expected_shape=parsed.shape, expected_direction=parsed.direction, reasons=[],
     )
-
-    # present
     allowed_missing = math.floor((1 - PRESENT_FRACTION) * n + 1e-9)
     verdict.present = n > 0 and n - len(seen) <= allowed_missing
     if not verdict.present:
-        reasons.append(f"present: one object in {len(seen)}/{n} frames (need >= {n - allowed_missing})")
+        verdict.reasons.append(f"present: one object in {len(seen)}/{n} frames (need >= {n - allowed_missing})")
     if prev_frames is not None:
         verdict.continuity = False
     if not seen:
-        reasons.append("no frame shows exactly one object-sized object")
+        verdict.reasons.append("no frame shows exactly one object-sized object")
         return verdict
     objs = [o for _, o in seen]
+    rgb = _judge_colour(verdict, objs, parsed.colour)
+    shape = _judge_shape(verdict, objs, parsed.shape)
+    _judge_direction(verdict, seen, parsed.direction, (int(frames.shape[1]), int(frames.shape[2])))
+    area = _judge_smooth(verdict, seen, rgb)
+    if prev_frames is not None:
+        _judge_continuity(verdict, prev_frames, seen[0], shape, area)
+    verdict.correct = all((verdict.present, verdict.colour, verdict.shape, verdict.direction, verdict.smooth))
+    return verdict
 
-    # colour
+
+def _judge_colour(verdict: SceneVerdict, objs: list[FrameObject], colour: str) -> torch.Tensor:
+    """The object's median colour must be nearest the prompt's, and clearly so; returns that colour."""
     rgb = torch.tensor([_median([o.rgb[c] for o in objs]) for c in range(3)])
     distances = colour_distances(rgb)
-    order = distances.argsort()
-    nearest = _COLOUR_NAMES[int(order[0])]
-    own = float(distances[_COLOUR_NAMES.index(parsed.colour)])
-    others = [float(distances[i]) for i, name in enumerate(_COLOUR_NAMES) if name != parsed.colour]
+    nearest = _COLOUR_NAMES[int(distances.argsort()[0])]
+    own = float(distances[_COLOUR_NAMES.index(colour)])
+    others = [float(distances[i]) for i, name in enumerate(_COLOUR_NAMES) if name != colour]
     ratio = own / max(min(others), 1e-6)
     verdict.measured_rgb = tuple(round(float(v), 1) for v in rgb)
     verdict.nearest_colour = nearest
     verdict.colour_ratio = round(ratio, 3)
-    verdict.colour = nearest == parsed.colour and ratio <= COLOUR_RATIO
+    verdict.colour = nearest == colour and ratio <= COLOUR_RATIO
     if not verdict.colour:
-        reasons.append(f"colour: measured {verdict.measured_rgb} is {nearest}, distance ratio {ratio:.2f} "
-                       f"(want {parsed.colour}, <= {COLOUR_RATIO})")
+        verdict.reasons.append(f"colour: measured {verdict.measured_rgb} is {nearest}, distance ratio {ratio:.2f} "
+                               f"(want {colour}, <= {COLOUR_RATIO})")
+    return rgb
 
-    # shape
+
+def _judge_shape(verdict: SceneVerdict, objs: list[FrameObject], shape_wanted: str) -> str:
+    """The shape most frames show must be the prompt's, in at least half of them; returns it."""
     shape, votes = _scene_shape(objs)
     verdict.measured_shape = shape
     verdict.fill = round(_median([o.fill for o in objs]), 3)
     verdict.taper = round(_median([o.taper for o in objs]), 3)
-    verdict.shape = shape == parsed.shape and 2 * votes >= len(objs)
+    verdict.shape = shape == shape_wanted and 2 * votes >= len(objs)
     if not verdict.shape:
-        reasons.append(f"shape: looks like a {shape} in {votes}/{len(objs)} frames (fill {verdict.fill}, "
-                       f"taper {verdict.taper}); want {parsed.shape}")
+        verdict.reasons.append(f"shape: looks like a {shape} in {votes}/{len(objs)} frames (fill {verdict.fill}, "
+                               f"taper {verdict.taper}); want {shape_wanted}")
+    return shape
 
-    # direction
+
+def _judge_direction(verdict: SceneVerdict, seen: list[tuple[int, FrameObject]], direction: str,
+                     size: tuple[int, int]) -> None:
+    """The object must move the prompt's way (mostly along it), or be held at that wall."""
+    h, w = size
     (i0, first), (i1, last) = seen[0], seen[-1]
     dx, dy = last.cx - first.cx, last.cy - first.cy
-    ux, uy = DIRECTION_VECTORS[parsed.direction]
+    ux, uy = DIRECTION_VECTORS[direction]
     along = dx * ux + dy * uy
     across = abs(dx * uy - dy * ux)
     min_move = max(MIN_MOVE, MOVE_FRACTION * SPEED * (i1 - i0))
     wall = {"left": last.x0 <= WALL_TOL, "right": last.x1 >= w - 1 - WALL_TOL,
             "up": last.y0 <= WALL_TOL, "down": last.y1 >= h - 1 - WALL_TOL}
-    verdict.at_wall = wall[parsed.direction]
+    verdict.at_wall = wall[direction]
     verdict.displacement = (round(dx, 2), round(dy, 2))
     moved = along >= min_move and along > across
     held_at_wall = verdict.at_wall and along > -min_move and across < min_move
     verdict.direction = moved or held_at_wall
     if not verdict.direction:
-        reasons.append(f"direction: moved ({dx:+.1f}, {dy:+.1f}) px, want {parsed.direction} by >= "
-                       f"{min_move:.1f} px{' (at that wall)' if verdict.at_wall else ''}")
+        verdict.reasons.append(f"direction: moved ({dx:+.1f}, {dy:+.1f}) px, want {direction} by >= "
+                               f"{min_move:.1f} px{' (at that wall)' if verdict.at_wall else ''}")
 
-    # smooth
+
+def _judge_smooth(verdict: SceneVerdict, seen: list[tuple[int, FrameObject]], rgb: torch.Tensor) -> float:
+    """No jumps, no swelling or shrinking, no colour drift between frames; returns the median area."""
+    objs = [o for _, o in seen]
     max_step = 0.0
     for (ia, a), (ib, b) in zip(seen, seen[1:]):
         max_step = max(max_step, math.hypot(b.cx - a.cx, b.cy - a.cy) / (ib - ia))
@@ -427,32 +449,32 @@ def judge_scene(frames: Any, prompt: str, prev_frames: Any | None = None) -> Sce
     verdict.colour_drift = round(drift, 1)
     verdict.smooth = max_step <= MAX_STEP and size_factor <= SIZE_FACTOR and drift <= COLOUR_DRIFT
     if not verdict.smooth:
-        reasons.append(f"smooth: max step {max_step:.1f} px (<= {MAX_STEP}), size factor {size_factor:.2f} "
-                       f"(<= {SIZE_FACTOR}), colour drift {drift:.0f} (<= {COLOUR_DRIFT:g})")
+        verdict.reasons.append(f"smooth: max step {max_step:.1f} px (<= {MAX_STEP}), size factor {size_factor:.2f} "
+                               f"(<= {SIZE_FACTOR}), colour drift {drift:.0f} (<= {COLOUR_DRIFT:g})")
+    return area
 
-    # continuity
-    if prev_frames is not None:
-        prev = _as_frames(prev_frames, "prev_frames")
-        tail = prev[-CONTINUITY_TAIL:]
-        prev_seen = _indexed(measure_frames(tail))
-        if not prev_seen:
-            reasons.append("continuity: no object at the end of the previous scene")
-        else:
-            j, before = prev_seen[-1]
-            steps = (tail.shape[0] - 1 - j) + i0 + 1  # frames between the two measurements
-            gap = math.hypot(first.cx - before.cx, first.cy - before.cy)
-            allowed = CONTINUITY_PX + SPEED * (steps - 1)
-            prev_shape, _ = _scene_shape([o for _, o in prev_seen])
-            prev_area = _median([o.area for _, o in prev_seen])
-            same_size = max(area / prev_area, prev_area / area) <= SIZE_FACTOR
-            verdict.continuity_gap = round(gap, 2)
-            verdict.continuity = gap <= allowed and prev_shape == shape and shape != "other" and same_size
-            if not verdict.continuity:
-                reasons.append(f"continuity: {gap:.1f} px from the previous scene (<= {allowed:g}), shape "
+
+def _judge_continuity(verdict: SceneVerdict, prev_frames: Any, start: tuple[int, FrameObject], shape: str,
+                      area: float) -> None:
+    """The object must carry on from where the previous scene left it: near, same shape, same size."""
+    i0, first = start
+    tail = _as_frames(prev_frames, "prev_frames")[-CONTINUITY_TAIL:]
+    prev_seen = _indexed(measure_frames(tail))
+    if not prev_seen:
+        verdict.reasons.append("continuity: no object at the end of the previous scene")
+        return
+    j, before = prev_seen[-1]
+    steps = (tail.shape[0] - 1 - j) + i0 + 1  # frames between the two measurements
+    gap = math.hypot(first.cx - before.cx, first.cy - before.cy)
+    allowed = CONTINUITY_PX + SPEED * (steps - 1)
+    prev_shape, _ = _scene_shape([o for _, o in prev_seen])
+    prev_area = _median([o.area for _, o in prev_seen])
+    same_size = max(area / prev_area, prev_area / area) <= SIZE_FACTOR
+    verdict.continuity_gap = round(gap, 2)
+    verdict.continuity = gap <= allowed and prev_shape == shape and shape != "other" and same_size
+    if not verdict.continuity:
+        verdict.reasons.append(f"continuity: {gap:.1f} px from the previous scene (<= {allowed:g}), shape "
                                f"{prev_shape} -> {shape}, area {prev_area:.0f} -> {area:.0f}")
-
-    verdict.correct = all((verdict.present, verdict.colour, verdict.shape, verdict.direction, verdict.smooth))
-    return verdict
 
 
 def judge_story(video_frames: Any, scenes: Sequence[Any]) -> list[SceneVerdict]:
@@ -572,16 +594,7 @@ def evaluate_shapes(
     held_count = math.floor(stories * heldout_fraction + 0.5) if holdout is not None else 0
     kwargs = {k: v for k, v in (generate_kwargs or {}).items() if v is not None}
 
-    bar = None
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=stories, desc="stories", unit="story", dynamic_ncols=True)
-        step: Callable[[int], object] = bar.update
-    elif callable(progress):
-        step = progress
-    else:
-        step = lambda _n: None  # noqa: E731
+    bar, step = _story_progress(progress, stories)
 
     verdicts: list[SceneVerdict] = []
     groups: dict[str, list[int]] = {"seen": [], "heldout": []}
@@ -607,13 +620,6 @@ def evaluate_shapes(
         if bar is not None:
             bar.close()
 
-    summary = summarise(verdicts, groups)
-    story_scenes["all"] = story_scenes["seen"] + story_scenes["heldout"]
-    for name, scenes in story_scenes.items():
-        summary[name]["stories"] = len(scenes)
-        summary[name]["story_correct"] = sum(map(all, scenes)) / len(scenes) if scenes else None
-        interval = bootstrap_interval(scenes)
-        summary[name]["correct_ci95"] = None if interval is None else list(interval)
     return {
         "seed": seed,
         "stories": stories,
@@ -622,9 +628,34 @@ def evaluate_shapes(
         "holdout": None if holdout is None else {"combinations": [list(c) for c in holdout.combinations],
                                                   "phrasings": list(holdout.phrasings)},
         "generate": kwargs,
-        "summary": summary,
+        "summary": _story_summary(verdicts, groups, story_scenes),
         "stories_detail": detail,
     }
+
+
+def _story_progress(progress: bool | Callable[[int], object], stories: int) -> tuple[Any, Callable[[int], object]]:
+    """A tqdm bar over stories (progress=True) and its update, the caller's callable, or nothing."""
+    if progress is True:
+        from tqdm import tqdm
+
+        bar = tqdm(total=stories, desc="stories", unit="story", dynamic_ncols=True)
+        return bar, bar.update
+    if callable(progress):
+        return None, progress
+    return None, lambda _n: None
+
+
+def _story_summary(verdicts: Sequence[SceneVerdict], groups: dict[str, list[int]],
+                   story_scenes: dict[str, list[list[bool]]]) -> dict[str, Any]:
+    """Scene rates per group, with each group's share of fully correct stories and its interval."""
+    summary = summarise(verdicts, groups)
+    story_scenes = {**story_scenes, "all": story_scenes["seen"] + story_scenes["heldout"]}
+    for name, scenes in story_scenes.items():
+        summary[name]["stories"] = len(scenes)
+        summary[name]["story_correct"] = sum(map(all, scenes)) / len(scenes) if scenes else None
+        interval = bootstrap_interval(scenes)
+        summary[name]["correct_ci95"] = None if interval is None else list(interval)
+    return summary
 
 
 def format_shapes_table(result: dict[str, Any]) -> str:

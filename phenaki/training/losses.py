@@ -377,7 +377,7 @@ class TokenizerLoss:
     an nn.Module, so neither ends up among anyone's parameters by accident.
     """
 
-    def __init__(
+    def __init__(  # one keyword per loss term and its schedule, each a `TrainConfig` field passed through
         self,
         l1_weight: float = 1.0,
         l2_weight: float = 1.0,

@@ -31,11 +31,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from ..checkpoint import PretrainedMixin
+from ..config import ConfigError, TokenizerConfig
+from ..evaluation.metrics import (
+    code_histogram,
+    perplexity_from_counts,
+    usage_from_counts,
+)
+from ..utils.torch_utils import eval_mode
 from .attention import attend
-from .checkpoint import PretrainedMixin
-from .torch_utils import eval_mode
-from .config import ConfigError, TokenizerConfig
-from .metrics import code_histogram, perplexity_from_counts, usage_from_counts
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +328,7 @@ class CodebookQuantizer(nn.Module):
             if any(level < 3 for level in c.fsq_levels):
                 raise ConfigError(f"tokenizer.fsq_levels must all be >= 3, got {c.fsq_levels}")
             # FSQ computes its implicit codebook when built, which a meta-device build
-            # (parameter estimates, phenaki.footprint) cannot do: build that one on the CPU
+            # (parameter estimates, phenaki.training.footprint) cannot do: build that one on the CPU
             on_meta = torch.empty(0).device.type == "meta"
             with torch.device("cpu") if on_meta else contextlib.nullcontext():
                 return FSQ(levels=list(c.fsq_levels), dim=c.dim)

@@ -34,9 +34,9 @@ from packaging.version import Version
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from .checkpoint import load_state_dict, save_state_dict, write_json
-from .fileio import atomic_write_dir, recover_dir
-from .config import Config, TrainConfig, to_dict
+from ..checkpoint import load_state_dict, save_state_dict, write_json
+from ..config import Config, TrainConfig, to_dict
+from ..utils.fileio import atomic_write_dir, recover_dir
 
 log = logging.getLogger(__name__)
 
@@ -210,16 +210,6 @@ def align_groups(batch: list[dict[str, Any]], accelerator: Any) -> list[dict[str
         return batch
     by_frames = dict(zip(mine, batch))
     return [by_frames[f] if f in by_frames else stand_in_group(batch[0], f) for f in union]
-
-
-def frames_to_pixels(video: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [0, 1] (the models' input)."""
-    return video.permute(0, 4, 1, 2, 3).float().div_(255.0)
-
-
-def pixels_to_frames(pixels: torch.Tensor) -> torch.Tensor:
-    """float [B, 3, T, H, W] in [0, 1] -> uint8 [B, T, H, W, 3]."""
-    return pixels.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 4, 1).cpu()
 
 
 def find_checkpoint(output_dir: Path, resume: str) -> Path | None:

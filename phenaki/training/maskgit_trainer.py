@@ -22,14 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config, from_dict, same_token_ids, to_dict
-from .cvivit import CViViT
-from .fileio import atomic_write_dir, atomic_write_text
-from .maskgit import MaskGit
-from .masking import continuation_prime, maskgit_loss
-from .pipeline import PIPELINE_FILE, pipeline_text_encoder
-from .text import TextEncoder
-from .training import Trainer, group_shares
+from ..checkpoint import (
+    CheckpointError,
+    pipeline_text_encoder,
+    read_pipeline_settings,
+    write_pipeline_settings,
+)
+from ..config import Config, from_dict, same_token_ids, to_dict
+from ..models.cvivit import CViViT
+from ..models.maskgit import MaskGit
+from ..models.masking import continuation_prime, maskgit_loss
+from ..models.text import TextEncoder
+from ..utils.fileio import atomic_write_dir
+from .base import Trainer, group_shares
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +109,14 @@ class MaskGitTrainer(Trainer):
             config.resolve(text_dim=text.dim)
             return MaskGit(config.transformer), text
         root = Path(init_from)
-        if not (root / PIPELINE_FILE).is_file():
-            raise ValueError(f"train_maskgit.init_from: {root} is not a pipeline directory (no {PIPELINE_FILE})")
+        try:
+            settings = read_pipeline_settings(root, "a pipeline directory")
+        except CheckpointError as exc:
+            raise ValueError(f"train_maskgit.init_from: {exc}") from None
         if not same_token_ids(CViViT.load_config(root / "tokenizer"), config.tokenizer):
             raise ValueError(f"train_maskgit.init_from: {root} was trained on the ids of another tokenizer than "
                              "the one given to this run; pass its own tokenizer (--tokenizer "
                              f"{root / 'tokenizer'})")
-        settings = json.loads((root / PIPELINE_FILE).read_text(encoding="utf-8"))
         trainable = config.text.kind == "scratch" or config.text.trainable
         text = pipeline_text_encoder(root, settings, trainable=trainable, cache_dir=config.text.cache_dir)
         maskgit = MaskGit.from_pretrained(root / "transformer")
@@ -161,9 +167,9 @@ class MaskGitTrainer(Trainer):
     @torch.no_grad()
     def preview(self) -> None:
         """Sample the preview prompts with the EMA weights and write them as one GIF."""
-        from .sampling import sample
-        from .training import pixels_to_frames
-        from .video import write_video
+        from ..sampling.search import draw
+        from ..sampling.settings import SamplingSettings
+        from ..video import pixels_to_frames, write_video
 
         prompts = self.train_cfg.preview_prompts
         if not prompts:
@@ -173,9 +179,9 @@ class MaskGitTrainer(Trainer):
         s = self.config.sampling
         frames = s.first_frames
         token_frames = self.config.tokenizer.token_frames(frames)
-        ids = sample(objective.maskgit, text_emb, text_mask, num_token_frames=token_frames, steps=s.steps,
-                     guidance=s.guidance, temperature=s.temperature, schedule=s.schedule,
-                     generator=torch.Generator(device=self.device).manual_seed(0))
+        settings = SamplingSettings(steps=s.steps, guidance=s.guidance, temperature=s.temperature, schedule=s.schedule)
+        ids = draw(objective.maskgit, (text_emb, text_mask), None, settings,
+                   torch.Generator(device=self.device).manual_seed(0), num_token_frames=token_frames)
         video = pixels_to_frames(self.tokenizer().to(self.device).decode(ids))
         grid = torch.cat(list(video), dim=2)  # prompts side by side
         path = self.output_dir / "previews" / f"step-{self.step:07d}.gif"
@@ -202,7 +208,7 @@ class MaskGitTrainer(Trainer):
                 "fps": self.config.data.fps,
                 "training": {"steps": self.step, "config": to_dict(self.train_cfg)},
             }
-            atomic_write_text(tmp / PIPELINE_FILE, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            write_pipeline_settings(tmp, settings)
 
         return atomic_write_dir(path, write)
 
@@ -211,7 +217,7 @@ def ensure_token_cache(config: Config, tokenizer_dir: Path, *, device: str = "cp
     """Tokenise the training data once (resumable); later runs reuse the cache."""
     from tqdm import tqdm
 
-    from .data import build_dataset
+    from ..data import build_dataset
     from .token_cache import MANIFEST, tokenize_dataset
 
     cfg = config.train_maskgit
@@ -252,8 +258,8 @@ def train_maskgit(config: Config, tokenizer_dir: str | Path | None = None, *, re
     """Token cache (built on first use), then MaskGIT training; returns the pipeline directory."""
     from accelerate import PartialState
 
+    from .base import cpu_only
     from .token_cache import TokenDataset
-    from .training import cpu_only
 
     tokenizer_dir = Path(tokenizer_dir or Path(config.train_tokenizer.output_dir) / "final")
     if not (tokenizer_dir / "config.json").is_file():

@@ -8,7 +8,7 @@ Positions are three factorised learned tables (t, h, w) added by broadcasting: n
 grid is materialised and nothing is recomputed per call beyond that one add.
 Every block is pre-norm: full self-attention, cross-attention to the text (padded
 text keys are masked out), SwiGLU MLP. All attention goes through
-`phenaki.attention.attend`: fused SDPA kernels, except in bf16 CPU training.
+`phenaki.models.attention.attend`: fused SDPA kernels, except in bf16 CPU training.
 
 Text goes through `prepare_context` (norm + projection + the per-layer cross-attention
 keys/values), so a sampler computes it once per call and reuses it for every step;
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checkpoint import PretrainedMixin
+from ..config import TransformerConfig
 from .attention import attend
-from .checkpoint import PretrainedMixin
-from .config import TransformerConfig
 
 log = logging.getLogger(__name__)
 

@@ -249,7 +249,7 @@ def critic_loss(
 # ----------------------------------------------------------------------------- loss
 
 
-def maskgit_loss(
+def maskgit_loss(  # one keyword per knob of the objective, each a `TrainConfig` field the trainer passes through
     model: MaskGit,
     ids: Tensor,
     text_emb: Tensor | None,

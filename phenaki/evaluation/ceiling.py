@@ -10,9 +10,10 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-from .cvivit import CViViT
+from ..models.cvivit import CViViT
+from ..training.base import collate_clips
+from ..video import frames_to_pixels, pixels_to_frames
 from .metrics import bits_per_pixel, code_histogram, perplexity_from_counts, psnr, ssim
-from .training import collate_clips, frames_to_pixels, pixels_to_frames
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class TokenizerCeiling:
 
     @torch.no_grad()
     def generate(self, prompts: list[str], seed: int = 0, **_: object) -> _Story:
-        from .data.shapes import render_story
+        from ..data.shapes import render_story
 
         story = render_story(tuple(prompts), seed=seed, first_frames=self.first_frames, scene_frames=self.scene_frames)
         pixels = frames_to_pixels(story.frames[None])

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from .config import Config
+from ..config import Config
 
 GIB = 2**30
 BYTES_PER_PARAM_TRAINED = 4 + 4 + 8 + 4  # fp32 master + grad + Adam moments + EMA
@@ -89,7 +89,7 @@ def _meta_params(build) -> tuple[int, torch.nn.Module]:
 
 def footprint(config: Config, which: Literal["tokenizer", "maskgit", "matcher"], world_size: int = 1) -> Footprint:
     """Parameter, token and memory estimate for training `which` with `config` (nothing allocated)."""
-    from .cvivit import CViViT
+    from ..models.cvivit import CViViT
 
     tok = config.tokenizer
     token_frames = tok.token_frames(tok.num_frames)
@@ -114,7 +114,7 @@ def footprint(config: Config, which: Literal["tokenizer", "maskgit", "matcher"],
 
     if which == "matcher":
         return _matcher_footprint(config, world_size)
-    from .maskgit import MaskGit
+    from ..models.maskgit import MaskGit
 
     cfg = config.train_maskgit
     tr = config.transformer
@@ -191,7 +191,7 @@ def _text_params(t5_config) -> int:
 
 def _matcher_footprint(config: Config, world_size: int) -> Footprint:
     """The matcher: its convolutions' outputs per frame dominate the activations."""
-    from .matcher import TextVideoMatcher
+    from ..models.matcher import TextVideoMatcher
 
     cfg, m = config.train_matcher, config.matcher
     config.resolve(text_dim=config.text.dim if config.text.kind == "scratch" else None)

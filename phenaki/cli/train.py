@@ -1,0 +1,51 @@
+"""The options every `train/*.py` script shares, and loading its config."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+
+def training_command(section: str):
+    """Make a train script's `main` a click command with the options every trainer shares."""
+    options = [
+        click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)),
+        click.option("--resume", default=None, help="'latest' or a checkpoint directory."),
+        click.option("--output-dir", default=None, help=f"Overrides {section}.output_dir."),
+        click.option("--set", "overrides", multiple=True, help="Config override KEY=VALUE (repeatable)."),
+        click.option("--stop-at", type=int, default=None, help="Stop (with a checkpoint) at this step."),
+        click.option("--no-progress", is_flag=True, help="No progress bar (logs only)."),
+        click.option("--dry-run", is_flag=True, help="Build the model on the meta device, print parameters, "
+                     "tokens and memory per device; train nothing."),
+        click.option("--world-size", type=int, default=None,
+                     help="Processes for the --dry-run estimate (default: $WORLD_SIZE or 1)."),
+    ]
+
+    def wrap(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return click.command(context_settings={"help_option_names": ["-h", "--help"]})(fn)
+
+    return wrap
+
+
+def training_config(which: str, options: dict):
+    """Logging, then the config with its overrides; with --dry-run, print the footprint and return None."""
+    import os
+
+    from ..config import ConfigError, load_config
+    from ..training.base import parse_overrides
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(options["config_path"], parse_overrides(options["overrides"]))
+    except (ConfigError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from None
+    if options["dry_run"]:
+        from ..training.footprint import footprint
+
+        world = options["world_size"] or int(os.environ.get("WORLD_SIZE", "1"))
+        click.echo("\n".join(footprint(config, which, world).lines()))
+        return None
+    return config

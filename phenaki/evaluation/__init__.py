@@ -1,0 +1,1 @@
+"""Judging and measuring models: the Shapes judge, metrics, paired comparisons."""

@@ -1,0 +1,1 @@
+"""The networks: C-ViViT tokenizer, MaskGIT transformer, text encoder, text-video matcher."""

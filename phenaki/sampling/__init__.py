@@ -1,0 +1,1 @@
+"""Sampling: the settings, the MaskGIT decode loop, and the choice among draws."""

@@ -1,0 +1,1 @@
+"""Trainers (on accelerate), the token cache, losses and memory footprints."""

@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic file writes, devices and dtypes, progress bars."""
