@@ -71,6 +71,11 @@ class SceneRequest:
     frames: int | None
     settings: SamplingSettings
 
+    def own_settings(self, run: SamplingSettings) -> dict[str, Any]:
+        """What this scene sets differently from the run (its length included), as the sidecar records it."""
+        own = {k: v for k, v in to_dict(self.settings).items() if v != getattr(run, k)}
+        return own if self.frames is None else {"frames": self.frames, **own}
+
     @classmethod
     def from_story(cls, scene: StoryScene | str, run: SamplingSettings, temporal_patch: int) -> "SceneRequest":
         """A story line's request: its bracket settings applied over the run's."""
@@ -274,6 +279,7 @@ class Phenaki:
             video.metadata.update({
                 "prompts": [r.prompt for r in requests[index // num_samples]],
                 "settings": {"seed": seed, **to_dict(run)},
+                "scene_settings": [r.own_settings(run) for r in requests[index // num_samples]],
                 "checkpoint": self.source,
                 "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""),

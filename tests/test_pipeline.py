@@ -127,6 +127,11 @@ def test_per_scene_settings_and_long_scenes(pipe):
                           seed=0, progress=False)
     assert video.num_frames == 11 + 14  # the long scene spans several windows
     assert (video.scenes[1].start, video.scenes[1].end) == (11, 25)
+    assert video.metadata["scene_settings"] == [{}, {"frames": 14, "guidance": 2.0}]  # so the run can be repeated
+    video = pipe.generate(["a red ball moves right [candidates=2 temporal_bias=3]"], seed=0, progress=False)
+    assert video.metadata["scene_settings"] == [{"candidates": 2, "temporal_bias": 3.0}]
+    with pytest.raises(SettingsError, match="unknown sampling setting 'stepz'"):
+        pipe.generate(STORY[:1], stepz=3)
 
 
 def test_durations_in_seconds_round_to_whole_tubelets(pipe):
