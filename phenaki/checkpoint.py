@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, from_dict, to_dict
+from .integrity import CheckpointError, IntegrityError, record_folder, verify_folder
 from .utils.fileio import atomic_write_dir, atomic_write_text, recover_dir
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,8 @@ DEMO_NAME = "phenaki-shapes"
 M = TypeVar("M", bound="PretrainedMixin")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, incomplete, or does not match the model."""
+__all__ = ["CheckpointError", "IntegrityError", "PretrainedMixin", "demo_checkpoint", "read_json",
+           "read_pipeline_settings", "verify_folder", "write_pipeline_settings"]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -62,7 +63,26 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"missing weights file {path}")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a folder, or a `CheckpointError` naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({_one_line(exc)})") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] + ("..." if len(text) > 200 else "")
 
 
 def check_state_dict(
@@ -103,6 +123,7 @@ class PretrainedMixin:
         def write(tmp: Path) -> None:
             write_json(tmp / CONFIG_NAME, {"class": type(self).__name__, "config": to_dict(self.config)})
             save_state_dict(module.state_dict(), tmp / WEIGHTS_NAME, dtype)
+            record_folder(tmp)
 
         return atomic_write_dir(path, write)
 
@@ -113,7 +134,9 @@ class PretrainedMixin:
         cfg_file = Path(path) / CONFIG_NAME
         if not cfg_file.exists():
             raise CheckpointError(f"{path} is not a checkpoint directory (no {CONFIG_NAME})")
-        data = json.loads(cfg_file.read_text(encoding="utf-8"))
+        data = read_json(cfg_file)
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(data).__name__}")
         saved = data.get("class")
         if saved is not None and saved != cls.__name__:
             raise CheckpointError(f"{path} holds a {saved}, not a {cls.__name__}")
@@ -126,7 +149,11 @@ class PretrainedMixin:
     def from_pretrained(
         cls: type[M], path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
     ) -> M:
-        """Build the model from `config.json`, then load and check its weights."""
+        """Build the model from `config.json`, then load and check its weights; the folder's
+        checksums are verified first unless `verify=False` (a caller that verified a folder above)."""
+        verify = overrides.pop("verify", True)
+        if verify:
+            verify_folder(recover_dir(path))
         config = cls.load_config(path)
         for key, value in overrides.items():
             if not hasattr(config, key):
@@ -154,7 +181,10 @@ def read_pipeline_settings(root: Path, what: str = "a Phenaki checkpoint directo
     path = Path(root) / PIPELINE_FILE
     if not path.is_file():
         raise CheckpointError(f"{root} is not {what}: no {PIPELINE_FILE}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    settings = read_json(path)
+    if not isinstance(settings, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(settings).__name__}")
+    return settings
 
 
 def write_pipeline_settings(root: Path, settings: dict[str, Any]) -> None:

@@ -29,7 +29,8 @@ from .checkpoint import (
     read_pipeline_settings,
     write_pipeline_settings,
 )
-from .config import DECODER_ONLY_FIELDS, from_dict, same_token_ids, to_dict
+from .config import DECODER_ONLY_FIELDS, ConfigError, from_dict, same_token_ids, to_dict
+from .integrity import record_folder, verify_folder
 from .models.cvivit import CViViT
 from .models.maskgit import MaskGit
 from .models.matcher import TextVideoMatcher
@@ -132,17 +133,32 @@ class Phenaki:
                         dtype: str | torch.dtype | None = "auto") -> "Phenaki":
         """Load a pipeline directory; with no argument, the demo model in `assets/` (offline)."""
         root = Path(path) if path is not None else demo_checkpoint()
+        if not root.is_dir():
+            hint = "" if path is not None else " (the demo model is not in this checkout)"
+            raise PipelineError(f"{root} is not a Phenaki checkpoint directory: no such folder{hint}")
+        checked = verify_folder(root) is not None  # the whole folder at once; parts then skip their own
         try:
             settings = read_pipeline_settings(root)
         except CheckpointError as exc:
             hint = "" if path is not None else " (the demo model is not in this checkout)"
             raise PipelineError(f"{exc}{hint}") from None
-        sampling = from_dict(SamplingSettings, settings.get("sampling", {}), "sampling")
-        text = pipeline_text_encoder(root, settings, trainable=False)
-        matcher = TextVideoMatcher.from_pretrained(root / "matcher") if (root / "matcher").is_dir() else None
-        return cls(CViViT.from_pretrained(root / "tokenizer"), MaskGit.from_pretrained(root / "transformer"), text,
-                   sampling, fps=settings.get("fps"), device=device, dtype=dtype, source=str(root), info=settings,
-                   matcher=matcher)
+        try:
+            sampling = from_dict(SamplingSettings, settings.get("sampling", {}), "sampling")
+            fps = settings.get("fps")
+            if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float))):
+                raise ConfigError(f"fps: expected a number, got {fps!r}")
+        except ConfigError as exc:
+            raise PipelineError(f"{root / PIPELINE_FILE}: {exc}") from None
+        parts = {"verify": not checked}
+        text = _load_part(root / "text_encoder", lambda: pipeline_text_encoder(root, settings, trainable=False,
+                                                                               **parts))
+        matcher = None
+        if (root / "matcher").is_dir():
+            matcher = _load_part(root / "matcher", lambda: TextVideoMatcher.from_pretrained(root / "matcher", **parts))
+        tokenizer = _load_part(root / "tokenizer", lambda: CViViT.from_pretrained(root / "tokenizer", **parts))
+        transformer = _load_part(root / "transformer", lambda: MaskGit.from_pretrained(root / "transformer", **parts))
+        return cls(tokenizer, transformer, text, sampling, fps=fps, device=device, dtype=dtype, source=str(root),
+                   info=settings, matcher=matcher)
 
     def save_pretrained(self, path: str | Path, *, dtype: torch.dtype | None = None,
                         text_dtype: torch.dtype | None | str = "same") -> Path:
@@ -159,6 +175,7 @@ class Phenaki:
             settings = dict(self.info)
             settings.update({"text_encoder": "text_encoder", "sampling": to_dict(self.sampling), "fps": self.fps})
             write_pipeline_settings(tmp, settings)
+            record_folder(tmp)
 
         return atomic_write_dir(path, write)
 
@@ -412,6 +429,17 @@ class Phenaki:
                 wanted -= take
             plan.append((request, windows))
         return plan
+
+
+def _load_part(folder: Path, load: Callable[[], Any]) -> Any:
+    """One part of a pipeline folder; whatever breaks while reading it becomes one line naming it."""
+    try:
+        return load()
+    except (CheckpointError, PipelineError, ConfigError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - third-party readers (transformers, tokenizers) raise their own types
+        text = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"{folder}: cannot be loaded ({type(exc).__name__}: {text})") from None
 
 
 def _stories(prompts: Any) -> tuple[list[list[str | StoryScene]], bool]:

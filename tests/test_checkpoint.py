@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from phenaki.checkpoint import CheckpointError, PretrainedMixin
+from phenaki.checkpoint import CheckpointError, IntegrityError, PretrainedMixin
 from phenaki.utils.fileio import atomic_write_dir, recover_dir
 
 
@@ -27,7 +27,7 @@ class Tiny(torch.nn.Module, PretrainedMixin):
 def test_save_and_load_round_trip(tmp_path):
     model = Tiny(TinyConfig(dim=6, depth=2))
     model.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["checksums.json", "config.json", "model.safetensors"]
     loaded = Tiny.from_pretrained(tmp_path / "ckpt")
     assert loaded.config == model.config
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
@@ -47,6 +47,9 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     cfg["config"]["dim"] = 8
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(IntegrityError, match=r"config\.json: truncated"):  # the folder's checksums see the edit
+        Tiny.from_pretrained(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "checksums.json").unlink()  # as a folder saved before checksums were recorded
     with pytest.raises(CheckpointError, match=r"layers\.0\.weight: checkpoint \(4, 4\) vs model \(8, 8\)"):
         Tiny.from_pretrained(tmp_path / "ckpt")
 
@@ -58,6 +61,7 @@ def test_missing_keys_and_bad_config_are_named(tmp_path):
     cfg = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     cfg["config"]["width"] = 3
     (tmp_path / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "ckpt" / "checksums.json").unlink()  # as a folder saved before checksums were recorded
     with pytest.raises(CheckpointError, match="unknown config key 'width'"):
         Tiny.from_pretrained(tmp_path / "ckpt")
 

@@ -120,7 +120,7 @@ def test_training_resumes_exactly_and_exports_a_pipeline(tmp_path, tokenizer_dir
     assert any(k.startswith("text.") for k in a), "the scratch text encoder trains with the transformer"
     # the exported directory is complete: tokenizer, transformer, text encoder, settings
     names = sorted(p.name for p in straight.iterdir())
-    assert names == ["pipeline.json", "text_encoder", "tokenizer", "transformer"]
+    assert names == ["checksums.json", "pipeline.json", "text_encoder", "tokenizer", "transformer"]
     MaskGit.from_pretrained(straight / "transformer")
     CViViT.from_pretrained(straight / "tokenizer")
     text = TextEncoder.from_pretrained(straight / "text_encoder")

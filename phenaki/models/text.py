@@ -31,6 +31,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..config import ConfigError, TextConfig
+from ..integrity import record_folder, verify_folder
 from ..utils.fileio import atomic_file, atomic_write_dir, atomic_write_text, recover_dir
 
 __all__ = [
@@ -426,8 +427,11 @@ class TextEncoder(nn.Module):
         dtype: torch.dtype | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         hub_cache_dir: str | None = None,
+        verify: bool = True,
     ) -> TextEncoder:
         """Load a Hugging Face encoder from a local folder or the HF cache (hub only when online).
+
+        A local folder's checksums are verified first unless `verify=False`.
 
         `max_length`/`trainable` default to what `save_pretrained` recorded, else 64 and
         False. `device` defaults to CPU; `dtype` to fp32, or bf16/fp16 for a frozen
@@ -435,6 +439,8 @@ class TextEncoder(nn.Module):
         `hub_cache_dir` overrides where the Hugging Face cache is searched.
         """
         folder = _local_dir(name_or_dir)
+        if folder is not None and verify:
+            verify_folder(folder)
         settings = _read_settings(folder)
         max_length = int(
             max_length if max_length is not None else settings.get("max_length", DEFAULT_MAX_LENGTH)
@@ -530,6 +536,7 @@ class TextEncoder(nn.Module):
             atomic_write_text(tmp / SETTINGS_NAME, json.dumps(settings, indent=2, sort_keys=True) + "\n")
             if not any(tmp.glob("*.safetensors")):
                 raise TextEncoderError(f"saving {self.name} wrote no safetensors weights into {tmp}")
+            record_folder(tmp)
 
         return atomic_write_dir(path, write)
 

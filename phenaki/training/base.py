@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from ..checkpoint import load_state_dict, save_state_dict, write_json
+from ..integrity import record_folder
 from ..config import Config, TrainConfig, to_dict
 from ..utils.fileio import atomic_write_dir, recover_dir
 
@@ -383,6 +384,7 @@ class Trainer(abc.ABC):
             torch.save({"per_process": rng_states}, tmp / "rng.pt")
             write_json(tmp / STATE_FILE, {"step": self.step, "config": to_dict(self.config),
                                             "num_processes": self.accelerator.num_processes})
+            record_folder(tmp)
 
         atomic_write_dir(path, write)
         self._prune_checkpoints()

@@ -33,6 +33,7 @@ from ..models.cvivit import CViViT
 from ..models.maskgit import MaskGit
 from ..models.masking import continuation_prime, maskgit_loss
 from ..models.text import TextEncoder
+from ..integrity import record_folder
 from ..utils.fileio import atomic_write_dir
 from .base import Trainer, group_shares
 
@@ -209,6 +210,7 @@ class MaskGitTrainer(Trainer):
                 "training": {"steps": self.step, "config": to_dict(self.train_cfg)},
             }
             write_pipeline_settings(tmp, settings)
+            record_folder(tmp)
 
         return atomic_write_dir(path, write)
 
