@@ -133,7 +133,7 @@ class PretrainedMixin:
         path = recover_dir(path)
         cfg_file = Path(path) / CONFIG_NAME
         if not cfg_file.exists():
-            raise CheckpointError(f"{path} is not a checkpoint directory (no {CONFIG_NAME})")
+            raise CheckpointError(f"{cfg_file}: missing ({path} is not a checkpoint directory without it)")
         data = read_json(cfg_file)
         if not isinstance(data, dict):
             raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(data).__name__}")
@@ -161,7 +161,7 @@ class PretrainedMixin:
             setattr(config, key, value)
         model = cls(config)  # type: ignore[call-arg]
         state = load_state_dict(Path(path) / WEIGHTS_NAME)
-        check_state_dict(model, state, path)  # type: ignore[arg-type]
+        check_state_dict(model, state, f"{Path(path) / WEIGHTS_NAME} (against {Path(path) / CONFIG_NAME})")  # type: ignore[arg-type]
         own = model.state_dict()  # type: ignore[attr-defined]
         state = {k: v.to(own[k].dtype) for k, v in state.items()}
         model.load_state_dict(state)  # type: ignore[attr-defined]
@@ -194,8 +194,13 @@ def write_pipeline_settings(root: Path, settings: dict[str, Any]) -> None:
 
 def pipeline_text_encoder(root: Path, settings: dict[str, Any], **kwargs: Any) -> Any:
     """The text encoder a pipeline names: its own folder (copied in), or a hub name/path it references."""
-    from .models.text import TextEncoder
+    from .models.text import SETTINGS_NAME, TextEncoder
 
     text_ref = settings.get("text_encoder", "text_encoder")
+    if not isinstance(text_ref, str):
+        raise CheckpointError(f"{Path(root) / PIPELINE_FILE}: text_encoder must name a folder, got {text_ref!r}")
     text_dir = Path(root) / text_ref
+    if text_dir.is_dir() and not (text_dir / SETTINGS_NAME).is_file():
+        # every encoder a pipeline copies in was saved with its settings: without them it would load as another kind
+        raise CheckpointError(f"{text_dir / SETTINGS_NAME}: missing")
     return TextEncoder.from_pretrained(text_dir if text_dir.is_dir() else text_ref, **kwargs)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .checkpoint import (
+    PIPELINE_FILE,
     CheckpointError,
     demo_checkpoint,
     pipeline_text_encoder,

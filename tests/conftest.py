@@ -11,8 +11,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="session")
-def tiny_pipeline_dir(tmp_path_factory):
+def make_tiny_pipeline(path, *, dim: int = 32, seed: int = 0):
     """A complete pipeline directory with tiny random models (64x64, 11 + 6 frames, 2 steps)."""
     from phenaki.config import (
         SamplingSettings,
@@ -25,12 +24,19 @@ def tiny_pipeline_dir(tmp_path_factory):
     from phenaki.models.text import TextEncoder
     from phenaki.pipeline import Phenaki
 
-    torch.manual_seed(0)
-    tok_cfg = TokenizerConfig(dim=32, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
+    torch.manual_seed(seed)
+    tok_cfg = TokenizerConfig(dim=dim, spatial_depth=1, temporal_depth=1, heads=2, dim_head=16,
                               quantizer="fsq", fsq_levels=[5, 5, 5])
     text = TextEncoder.scratch(["a red ball moves right", "the blue box rises", "a green disc falls"],
-                               TextConfig(kind="scratch", dim=16, depth=1, heads=2, ff_dim=32, max_length=12))
-    transformer = MaskGit(TransformerConfig(dim=32, depth=1, heads=2, dim_head=16, max_token_frames=6,
-                                            codebook_size=125, token_grid=(8, 8), text_dim=16))
+                               TextConfig(kind="scratch", dim=dim // 2, depth=1, heads=2, ff_dim=dim,
+                                          max_length=12))
+    transformer = MaskGit(TransformerConfig(dim=dim, depth=1, heads=2, dim_head=16, max_token_frames=6,
+                                            codebook_size=125, token_grid=(8, 8), text_dim=dim // 2))
     pipe = Phenaki(CViViT(tok_cfg), transformer, text, SamplingSettings(steps=2), device="cpu", dtype="float32")
-    return pipe.save_pretrained(tmp_path_factory.mktemp("pipe") / "model")
+    return pipe.save_pretrained(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A complete pipeline directory with tiny random models (64x64, 11 + 6 frames, 2 steps)."""
+    return make_tiny_pipeline(tmp_path_factory.mktemp("pipe") / "model")

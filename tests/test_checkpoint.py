@@ -67,7 +67,7 @@ def test_missing_keys_and_bad_config_are_named(tmp_path):
 
 
 def test_not_a_checkpoint(tmp_path):
-    with pytest.raises(CheckpointError, match="no config.json"):
+    with pytest.raises(CheckpointError, match="config.json: missing"):
         Tiny.from_pretrained(tmp_path)
 
 

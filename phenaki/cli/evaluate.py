@@ -183,3 +183,35 @@ def eval_compare(a_json: Path, b_json: Path, rounds: int, json_out: Path | None)
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(comparison, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
+
+
+@eval_main.command("verify")
+@click.argument("folder", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--record", is_flag=True,
+              help="Write the folder's checksums anew instead (after a deliberate edit, e.g. of a model card).")
+def eval_verify(folder: Path, record: bool) -> None:
+    """Check a model or checkpoint folder against the checksums it was saved with."""
+    import time
+
+    from ..integrity import RECORD_NAME, IntegrityError, record_folder, verify_folder
+
+    if not folder.is_dir():
+        raise click.BadParameter(f"folder not found: {folder}", param_hint="FOLDER")
+    if record:
+        for sub in sorted(p.parent for p in folder.rglob(RECORD_NAME) if p.parent != folder):
+            record_folder(sub)  # inner records first: the outer one covers them
+        record_folder(folder)
+        click.echo(f"wrote {folder / RECORD_NAME}")
+        return
+    started = time.perf_counter()
+    try:
+        count = verify_folder(folder)
+    except IntegrityError as exc:
+        raise click.ClickException(str(exc)) from None
+    seconds = time.perf_counter() - started
+    if count is None:
+        click.echo(f"{folder}: no {RECORD_NAME} (saved before folders recorded their checksums): not verified",
+                   err=True)
+        return
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    click.echo(f"{folder}: {count} files ({size / 1e6:.1f} MB) match their checksums ({seconds:.2f} s)")

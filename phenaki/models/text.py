@@ -162,6 +162,10 @@ def _read_settings(folder: Path | None) -> dict[str, Any]:
         raise TextEncoderError(f"{file} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise TextEncoderError(f"{file} must hold a JSON object, got {type(data).__name__}")
+    for key, kind in (("max_length", int), ("trainable", bool), ("kind", str), ("source", str)):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+            raise TextEncoderError(f"{file}: {key} must be a {kind.__name__}, got {value!r}")
     return data
 
 
@@ -461,6 +465,8 @@ class TextEncoder(nn.Module):
             cache_dir=cache_dir,
         )
         encoder.to(device)
+        if folder is not None:
+            encoder._probe(folder)
         log.info(
             "text encoder %s: %s, dim %d, %s on %s, %s",
             name,
@@ -632,6 +638,14 @@ class TextEncoder(nn.Module):
                 self.cache.put(self.cache_key(text), text, row)
                 rows[text] = row
         return rows
+
+    def _probe(self, folder: Path) -> None:
+        """Tokenise an empty prompt once, so a tokenizer whose settings are damaged fails at loading,
+        naming its folder, instead of in the middle of a generation."""
+        try:
+            self._tokenize([""])
+        except Exception as exc:  # noqa: BLE001 - tokenizers raise many types for broken settings
+            raise TextEncoderError(f"{folder}: its tokenizer cannot tokenise ({type(exc).__name__}: {exc})") from None
 
     def _tokenize(self, prompts: list[str]) -> Any:
         """Padded `input_ids` and `attention_mask` tensors; unknown words left out when `drop_unknown`."""
