@@ -18,6 +18,8 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["phenaki", "phenaki.*"]),
+    # the demo model ships inside the package, so every install (wheel, sdist, editable) has a default model
+    package_data={"phenaki": ["pretrained/*/*", "pretrained/*/*/*"]},
     include_package_data=True,
     install_requires=[
         "torch>=2.1",
@@ -27,6 +29,7 @@ setup(
         "tokenizers>=0.15",
         "sentencepiece>=0.1.99",
         "accelerate>=0.30",
+        "huggingface_hub>=0.23",
         "safetensors>=0.4",
         "av>=11",
         "click>=8.1",
@@ -38,7 +41,7 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "gradio>=5", "playwright>=1.40"],
+        "test": ["pytest>=7.4", "gradio>=5", "playwright>=1.40", "setuptools>=70.1"],
         "vision": ["torchvision"],
         "web": ["gradio>=5"],
     },

@@ -148,10 +148,11 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(
         cls: type[M], path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
-    ) -> M:
+    ) -> M:  # `path`: a folder or a Hub repo id (`revision=` picks a commit, branch or tag)
         """Build the model from `config.json`, then load and check its weights; the folder's
         checksums are verified first unless `verify=False` (a caller that verified a folder above)."""
         verify = overrides.pop("verify", True)
+        path = resolve_folder(path, overrides.pop("revision", None))
         if verify:
             verify_folder(recover_dir(path))
         config = cls.load_config(path)
@@ -172,8 +173,53 @@ class PretrainedMixin:
 
 
 def demo_checkpoint() -> Path:
-    """The demo model shipped in the repository's `assets/` folder."""
-    return Path(__file__).resolve().parents[1] / "assets" / DEMO_NAME
+    """The demo model, shipped inside the package (so every install, editable or not, has it)."""
+    return Path(__file__).resolve().parent / "pretrained" / DEMO_NAME
+
+
+def resolve_folder(name_or_path: str | Path | None, revision: str | None = None) -> Path:
+    """The local folder of a model: itself when it is a folder, the demo model for None, else a Hub repo id
+    ("org/name") fetched into the Hugging Face cache (or found there when `HF_HUB_OFFLINE=1`)."""
+    if name_or_path is None:
+        return demo_checkpoint()
+    path = Path(name_or_path)
+    if path.is_dir():
+        if revision is not None:
+            raise CheckpointError(f"{path}: a revision ({revision}) applies to Hub repo ids, not to local folders")
+        return path
+    name = str(name_or_path)
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or path.suffix:
+        raise CheckpointError(f"{name}: no such folder (and not a Hub repo id of the form org/name)")
+    return _hub_snapshot(name, revision)
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path:
+    """A Hub repo's files, through huggingface_hub's cache; every failure becomes one line naming the repo."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise CheckpointError(f"{repo_id}: no such folder, and loading Hub repo ids needs huggingface_hub "
+                              "(pip install huggingface_hub)") from None
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, library_name="phenaki"))
+    except RepositoryNotFoundError:
+        raise CheckpointError(f"{where}: no such model on the Hub (or it is private: log in with hf auth login)") from None
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{where}: the Hub repo has no such revision") from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(f"{where}: not in the local Hugging Face cache, and the Hub cannot be reached "
+                              "(offline, or HF_HUB_OFFLINE=1): download it once while online") from None
+    except HFValidationError as exc:
+        raise CheckpointError(f"{where}: not a valid Hub repo id ({_one_line(exc)})") from None
+    except OSError as exc:  # network failures surface as OSError subclasses
+        raise CheckpointError(f"{where}: could not be fetched from the Hub ({_one_line(exc)})") from None
 
 
 def read_pipeline_settings(root: Path, what: str = "a Phenaki checkpoint directory") -> dict[str, Any]:

@@ -3,7 +3,7 @@ file it holds when it is written, and loading checks them, so a damaged file is 
 before anything is built from it (the same promise the Hub and safetensors make).
 
 The record is `checksums.json` in the folder itself; it covers every file below the folder
-(sub-folders' own records included) and carries a checksum of its own list, so damage to
+(sub-folders' own records included; Markdown documentation such as a model card aside) and carries a checksum of its own list, so damage to
 the record is told apart from damage to a file. A folder written before records existed has
 none: it still loads, with a note in the log.
 """
@@ -41,9 +41,11 @@ def file_sha256(path: Path) -> str:
 
 
 def _listed_files(folder: Path) -> list[Path]:
-    """Every file below `folder` a record covers: not the record itself, not hidden temporaries."""
+    """Every file below `folder` a record covers: not the record itself, not hidden temporaries, and
+    not Markdown documentation, which no loader reads and which is edited after saving (a model card,
+    on the Hub too)."""
     return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.relative_to(folder) != Path(RECORD_NAME)
+                  if p.is_file() and p.relative_to(folder) != Path(RECORD_NAME) and p.suffix.lower() != ".md"
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 

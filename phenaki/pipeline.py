@@ -25,9 +25,9 @@ import torch
 from .checkpoint import (
     PIPELINE_FILE,
     CheckpointError,
-    demo_checkpoint,
     pipeline_text_encoder,
     read_pipeline_settings,
+    resolve_folder,
     write_pipeline_settings,
 )
 from .config import DECODER_ONLY_FIELDS, ConfigError, from_dict, same_token_ids, to_dict
@@ -130,19 +130,23 @@ class Phenaki:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, *, device: str | torch.device = "auto",
-                        dtype: str | torch.dtype | None = "auto") -> "Phenaki":
-        """Load a pipeline directory; with no argument, the demo model in `assets/` (offline)."""
-        root = Path(path) if path is not None else demo_checkpoint()
+    def from_pretrained(cls, path: str | Path | None = None, *, revision: str | None = None,
+                        device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto") -> "Phenaki":
+        """Load a pipeline: a folder, a Hub repo id ("org/name", through the Hugging Face cache;
+        `revision` picks a commit, branch or tag; HF_HUB_OFFLINE=1 uses the cache alone), or with no
+        argument the demo model shipped with the package (offline)."""
+        try:
+            root = resolve_folder(path, revision)
+        except CheckpointError as exc:
+            raise PipelineError(str(exc)) from None
         if not root.is_dir():
-            hint = "" if path is not None else " (the demo model is not in this checkout)"
-            raise PipelineError(f"{root} is not a Phenaki checkpoint directory: no such folder{hint}")
+            raise PipelineError(f"{root} is not a Phenaki checkpoint directory: no such folder (the demo model "
+                                "is missing from this installation)")
         checked = verify_folder(root) is not None  # the whole folder at once; parts then skip their own
         try:
             settings = read_pipeline_settings(root)
         except CheckpointError as exc:
-            hint = "" if path is not None else " (the demo model is not in this checkout)"
-            raise PipelineError(f"{exc}{hint}") from None
+            raise PipelineError(str(exc)) from None
         try:
             sampling = from_dict(SamplingSettings, settings.get("sampling", {}), "sampling")
             fps = settings.get("fps")
@@ -179,6 +183,21 @@ class Phenaki:
             record_folder(tmp)
 
         return atomic_write_dir(path, write)
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, commit_message: str = "Upload Phenaki model",
+                    token: str | None = None, dtype: torch.dtype | None = None) -> str:
+        """Save this pipeline and upload the folder to the Hugging Face Hub (needs huggingface_hub and a
+        login); returns the commit's URL. `Phenaki.from_pretrained(repo_id)` loads it back."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model", dtype=dtype)
+            info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+        return str(getattr(info, "commit_url", info))
 
     def with_transformer(self, transformer: MaskGit, **info: Any) -> "Phenaki":
         """This pipeline with another transformer over the same token ids (e.g. `without_blocks`).

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_model_is_shipped_small_and_documented():
     root = demo_checkpoint()
-    assert root == ROOT / "assets" / "phenaki-shapes"
+    assert root == ROOT / "phenaki" / "pretrained" / "phenaki-shapes"
     size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
     assert size <= 40 * 10**6
     card = (root / "README.md").read_text()

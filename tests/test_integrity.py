@@ -174,14 +174,16 @@ def test_verify_command_checks_and_rerecords(tiny_pipeline_dir, tmp_path):
     runner = CliRunner()
     result = runner.invoke(eval_main, ["verify", str(folder)])
     assert result.exit_code == 0 and "files" in result.output and "match their checksums" in result.output
-    (folder / "README.md").write_text("# my model\n")  # a file added after saving is not vouched for ...
+    (folder / "README.md").write_text("# my model\n")  # a model card is documentation: edited freely
+    (folder / "notes.txt").write_text("mine\n")  # a file added after saving is not vouched for ...
     assert runner.invoke(eval_main, ["verify", str(folder)]).exit_code == 0
     damage(folder / "tokenizer" / "config.json", "flipped")
     result = runner.invoke(eval_main, ["verify", str(folder)])
     assert result.exit_code == 1 and "tokenizer/config.json: contents differ" in result.output
     # ... until the folder is recorded anew, after a deliberate edit
     result = runner.invoke(eval_main, ["verify", str(folder), "--record"])
-    assert result.exit_code == 0 and verify_folder(folder) == len(files_of(folder)) - 1
+    assert result.exit_code == 0 and verify_folder(folder) == len(files_of(folder)) - 2  # not itself, not README.md
+    assert "notes.txt" in (folder / RECORD_NAME).read_text()
 
 
 def test_a_training_checkpoint_names_each_damaged_file(tmp_path):

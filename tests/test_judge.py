@@ -368,7 +368,7 @@ def test_evaluate_shapes_scores_noise_at_zero():
 def test_cli_missing_checkpoint_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(eval_main, ["shapes", "--checkpoint", str(tmp_path / "nope"), "--stories", "2"])
     assert result.exit_code != 0
-    assert "checkpoint directory not found" in result.output
+    assert "model folder not found" in result.output
 
 
 def test_cli_runs_the_evaluation_and_writes_json(tmp_path, monkeypatch):

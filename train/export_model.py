@@ -1,6 +1,6 @@
 """Export a trained pipeline directory in half precision (e.g. for shipping in assets/).
 
-    python train/export_model.py runs/shapes_demo/maskgit/final assets/phenaki-shapes --dtype bfloat16
+    python train/export_model.py runs/shapes_demo/maskgit/final phenaki/pretrained/phenaki-shapes --dtype bfloat16
 
 With `--tokenizer DIR` the pipeline's tokenizer is replaced by a decoder-only fine-tune of
 it (`train_tokenizer.init_from` + `decoder_only`); any other tokenizer is refused.

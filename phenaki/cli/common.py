@@ -29,6 +29,15 @@ def check_output(out: Path) -> None:
         )
 
 
+def check_model_ref(value: str | None, hint: str = "--checkpoint") -> None:
+    """A model is a folder or a Hub repo id (org/name); anything else is a usage error, before any loading."""
+    if value is None or Path(value).is_dir():
+        return
+    if value.count("/") != 1 or value.startswith((".", "/", "~")) or Path(value).suffix:
+        raise click.BadParameter(f"model folder not found: {value} (give a folder or a Hub repo id org/name)",
+                                 param_hint=hint)
+
+
 def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[StoryScene]:
     """Scenes from `--prompts FILE` or repeated `--prompt`, never both."""
     if prompts_file is not None and prompt:

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import holdout_of, setup_logging
+from .common import check_model_ref, holdout_of, setup_logging
 from .options import sampling_options, settings_overrides
 
 
@@ -78,7 +78,7 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 
 
 @eval_main.command("shapes")
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+@click.option("--checkpoint", required=True,
               help="Pipeline directory (pipeline.json + tokenizer/ + transformer/ + text_encoder/).")
 @click.option("--stories", type=click.IntRange(min=1), default=20, show_default=True,
               help="Random stories to generate and judge.")
@@ -108,8 +108,7 @@ def eval_shapes(**options: Any) -> None:
 
     overrides = settings_overrides(options)
     checkpoint, config_path = options["checkpoint"], options["config_path"]
-    if not checkpoint.is_dir():
-        raise click.BadParameter(f"checkpoint directory not found: {checkpoint}", param_hint="--checkpoint")
+    check_model_ref(checkpoint)
     holdout = holdout_of(config_path)
     if config_path is not None and holdout is None:
         click.echo(f"note: {config_path} names no held-out combinations or phrasings; "

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .common import check_output, collect_scenes, setup_logging
+from .common import check_model_ref, check_output, collect_scenes, setup_logging
 from .options import sampling_options, settings_overrides
 
 
@@ -17,8 +17,9 @@ from .options import sampling_options, settings_overrides
 @click.option("--prompt", multiple=True, help="A scene prompt (repeatable) instead of a story file.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("story.mp4"), show_default=True,
               help="Output: .mp4, .webm, .gif, .mkv, or a folder for PNG frames.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None,
-              help="Checkpoint directory (default: the demo model shipped in assets/).")
+@click.option("--checkpoint", default=None,
+              help="Model: a folder or a Hub repo id (default: the demo model shipped with the package).")
+@click.option("--revision", default=None, help="With a Hub repo id: the commit, branch or tag to load.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @sampling_options
 @click.option("--scene-seconds", type=click.FloatRange(min=0.0, min_open=True), default=None,
@@ -38,9 +39,7 @@ def sample_main(**options: Any) -> None:
         raise click.UsageError("give --scene-frames or --scene-seconds, not both")
     if options["prime"] is not None and not options["prime"].exists():
         raise click.BadParameter(f"prime video not found: {options['prime']}", param_hint="--prime")
-    if options["checkpoint"] is not None and not options["checkpoint"].is_dir():
-        raise click.BadParameter(f"checkpoint directory not found: {options['checkpoint']}",
-                                 param_hint="--checkpoint")
+    check_model_ref(options["checkpoint"])
     from ..checkpoint import CheckpointError
     from ..models.text import TextEncoderError
     from ..pipeline import PipelineError
@@ -61,7 +60,8 @@ def _run(scenes: list, options: dict[str, Any]) -> None:
     started = time.perf_counter()
     command = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if k != "verbose"}
     overrides = settings_overrides(options)
-    pipe = Phenaki.from_pretrained(options["checkpoint"], device=options["device"], dtype=options["dtype"])
+    pipe = Phenaki.from_pretrained(options["checkpoint"], revision=options["revision"], device=options["device"],
+                                   dtype=options["dtype"])
     result = pipe.generate(scenes, seed=options["seed"], prime=options["prime"], num_samples=options["num_samples"],
                            scene_seconds=options["scene_seconds"], progress=True, **overrides)
     videos = result if isinstance(result, list) else [result]
@@ -74,3 +74,7 @@ def _run(scenes: list, options: dict[str, Any]) -> None:
         click.echo(f"wrote {target} ({video.num_frames} frames, {video.num_frames / video.fps:.2f} s at "
                    f"{video.fps:g} fps) and {sidecar_path(target)}")
     click.echo(f"{len(scenes)} scene(s) in {time.perf_counter() - started:.1f} s")
+
+
+if __name__ == "__main__":  # python -m phenaki.cli.sample
+    sample_main()
