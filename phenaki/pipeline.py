@@ -60,6 +60,31 @@ class PipelineError(ValueError):
     """A generation request cannot be met (bad lengths, missing checkpoint); the message says why."""
 
 
+class UnreadablePromptError(PipelineError):
+    """A prompt has no word the model's closed vocabulary knows: the model could only ignore it."""
+
+
+class GenerationStopped(Exception):
+    """A step callback asked to stop: `generate` returns nothing and nothing was written."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a step callback sees after every decoding step: where the story stands and the token ids
+    of the current window as they are now ([rows, T', H', W'], masked positions hold the mask id)."""
+
+    scene: int
+    scenes: int
+    window: int
+    windows: int
+    step: int
+    steps: int
+    tokens: torch.Tensor
+
+
+StepCallback = Callable[[StepInfo], object]  # returns True to stop the run
+
+
 def seconds_to_frames(seconds: float, fps: float, temporal_patch: int) -> int:
     """A duration as new frames: the nearest whole number of tubelets (at least one)."""
     return max(1, round(seconds * fps / temporal_patch)) * temporal_patch
@@ -278,6 +303,8 @@ class Phenaki:
         num_samples: int = 1,
         progress: bool | Progress = False,
         scene_seconds: float | None = None,
+        generator: torch.Generator | None = None,
+        callback: StepCallback | None = None,
         **overrides: Any,
     ) -> Video | list[Video]:
         """Generate one video for a story (or `num_samples` videos of it, batched).
@@ -296,26 +323,37 @@ class Phenaki:
         labelled "<prime>". `progress`: True for a tqdm bar on stderr (what `phenaki-sample`
         shows), or a callback `(done, total, scene, scenes)`; the library stays quiet by default.
         Without a matcher in the model, the defaults' `match_weight` is not used and an explicit
-        one is an error.
+        one is an error. `negative_prompt` (or `[negative="..."]` on a story line) is the text
+        guidance pushes away from instead of the empty text. A prompt with no word in the model's
+        closed vocabulary raises `UnreadablePromptError`; unknown words in others are left out
+        (`unknown_words` lists them). `generator` (a `torch.Generator` on the model's device)
+        replaces `seed`. `callback(StepInfo)` is called after every decoding step; returning True
+        stops the run with `GenerationStopped`, before anything is returned or written.
         """
         stories, several = _stories(prompts)
         if num_samples < 1:
             raise PipelineError(f"num_samples must be >= 1, got {num_samples}")
         run = self._run_settings(settings or self.sampling, overrides, scene_seconds)
         requests = [[SceneRequest.from_story(p, run, self.temporal_patch) for p in story] for story in stories]
+        self.unknown_words([text for story in requests for r in story
+                            for text in (r.prompt, r.settings.negative_prompt) if text])
         for story in requests[1:]:
             for a, b in zip(requests[0], story):
                 if (a.frames, a.settings) != (b.frames, b.settings):
                     raise PipelineError(
                         f"stories generated together need the same per-scene settings: '{a.prompt}' vs '{b.prompt}'"
                     )
+        if generator is None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         started = time.perf_counter()
-        videos = self._run_story(requests, run, seed, prime, num_samples, progress)
+        videos = self._run_story(requests, run, generator, prime, num_samples,
+                                 _StepReporter(progress, callback, requests[0], run, self))
         seconds = time.perf_counter() - started
+        recorded_seed = seed if generator.initial_seed() == seed else None  # a caller's generator: its seed
         for index, video in enumerate(videos):
             video.metadata.update({
                 "prompts": [r.prompt for r in requests[index // num_samples]],
-                "settings": {"seed": seed, **to_dict(run)},
+                "settings": {"seed": recorded_seed, "generator_seed": generator.initial_seed(), **to_dict(run)},
                 "scene_settings": [r.own_settings(run) for r in requests[index // num_samples]],
                 "checkpoint": self.source,
                 "device": str(self.device),
@@ -323,6 +361,19 @@ class Phenaki:
                 "seconds": round(seconds, 3),
             })
         return videos[0] if len(videos) == 1 and not several else videos
+
+    def unknown_words(self, prompts: Sequence[str]) -> dict[str, list[str]]:
+        """The words of each prompt the model's text encoder does not know (it leaves them out); raises
+        `UnreadablePromptError` naming them when a prompt has no word it knows."""
+        found: dict[str, list[str]] = {}
+        for prompt in dict.fromkeys(prompts):
+            unknown, readable = self.text_encoder.unknown_words(prompt)
+            if unknown and not readable:
+                raise UnreadablePromptError(f"the model knows none of the words of {prompt!r} "
+                                            f"({', '.join(unknown)}): it reads a closed vocabulary")
+            if unknown:
+                found[prompt] = unknown
+        return found
 
     def _run_settings(self, base: SamplingSettings, overrides: dict[str, Any],
                       scene_seconds: float | None) -> SamplingSettings:
@@ -359,9 +410,8 @@ class Phenaki:
             )
         return frames
 
-    def _run_story(self, stories: list[list[SceneRequest]], run: SamplingSettings, seed: int,
-                   prime: str | Path | Video | None, num_samples: int, progress: bool | Progress) -> list[Video]:
-        generator = torch.Generator(device=self.device).manual_seed(seed)
+    def _run_story(self, stories: list[list[SceneRequest]], run: SamplingSettings, generator: torch.Generator,
+                   prime: str | Path | Video | None, num_samples: int, report: "_StepReporter") -> list[Video]:
         rows = len(stories) * num_samples  # story i owns rows i*num_samples ... (i+1)*num_samples - 1
         history: torch.Tensor | None = None  # uint8 [rows, T, H, W, 3] on the CPU
         ranges: list[tuple[int, int]] = []
@@ -369,19 +419,18 @@ class Phenaki:
             history = self._prime_frames(prime, run)[None].repeat(rows, 1, 1, 1, 1)
             ranges.append((0, history.shape[1]))
         plan = self._plan(stories[0], run, has_prime=prime is not None)
-        total_steps = sum(len(windows) * request.settings.steps for request, windows in plan)
-        report = progress_reporter(progress, total_steps, len(plan))
-        done = 0
+        report.start(plan)
         for index, (request, windows) in enumerate(plan):
             start = 0 if history is None else history.shape[1]
             text = self.text_encoder.encode([story[index].prompt for story in stories for _ in range(num_samples)])
-            for new_frames in windows:
-                frames = self._window(text, history, new_frames, request.settings, generator,
-                                      lambda step, _total, _i=index, _done=done: report(_done + step, _i + 1))
-                done += request.settings.steps
+            negative = request.settings.negative_prompt
+            negative_text = None if negative is None else self.text_encoder.encode([negative] * rows)
+            for window, new_frames in enumerate(windows):
+                frames = self._window(text, negative_text, history, new_frames, request.settings, generator,
+                                      report.window(index, window))
                 history = frames if history is None else torch.cat([history, frames], dim=1)
             ranges.append((start, history.shape[1]))  # type: ignore[union-attr]
-        report(total_steps, len(plan), close=True)
+        report.close()
         assert history is not None
         videos = []
         for row in range(rows):
@@ -391,9 +440,9 @@ class Phenaki:
             videos.append(Video(history[row].contiguous(), run.fps, scenes, {}))
         return videos
 
-    def _window(self, text: tuple[torch.Tensor, torch.Tensor], history: torch.Tensor | None, new_frames: int,
-                settings: SamplingSettings, generator: torch.Generator,
-                progress: Callable[[int, int], None]) -> torch.Tensor:
+    def _window(self, text: tuple[torch.Tensor, torch.Tensor], negative: tuple[torch.Tensor, torch.Tensor] | None,
+                history: torch.Tensor | None, new_frames: int, settings: SamplingSettings,
+                generator: torch.Generator, progress: Callable[[int, int, torch.Tensor], object]) -> torch.Tensor:
         """`new_frames` frames of one window (uint8 [rows, new_frames, H, W, 3]), primed with the
         last `context_frames` of `history` when there is one."""
         if history is None:
@@ -406,7 +455,8 @@ class Phenaki:
             token_frames = prime_ids.shape[1] + new_frames // self.temporal_patch
         with torch.no_grad(), self._autocast():
             ids = draw(self.transformer, text, prime_ids, settings, generator, num_token_frames=token_frames,
-                       window_score=self._window_score(text, new_frames, settings), progress=progress)
+                       window_score=self._window_score(text, new_frames, settings), progress=progress,
+                       negative=negative)
             pixels = self.tokenizer.decode(ids)
         return pixels_to_frames(pixels)[:, -new_frames:]
 
@@ -449,6 +499,40 @@ class Phenaki:
                 wanted -= take
             plan.append((request, windows))
         return plan
+
+
+class _StepReporter:
+    """After every decoding step: the progress bar or callback of steps done, and the step callback,
+    which may stop the run."""
+
+    def __init__(self, progress: bool | Progress, callback: StepCallback | None, requests: list[SceneRequest],
+                 run: SamplingSettings, pipe: "Phenaki") -> None:
+        self.progress, self.callback = progress, callback
+        self.done, self.total, self.windows = 0, 0, [1] * len(requests)
+        self.report = None
+        self.steps = [r.settings.steps for r in requests]
+
+    def start(self, plan: list[tuple[SceneRequest, list[int]]]) -> None:
+        self.windows = [len(windows) for _, windows in plan]
+        self.total = sum(n * steps for n, steps in zip(self.windows, self.steps))
+        self.report = progress_reporter(self.progress, self.total, len(plan))
+
+    def window(self, scene: int, window: int) -> Callable[[int, int, torch.Tensor], None]:
+        """The decode loop's hook for one window (scene and window counted from 0)."""
+        base = self.done
+        self.done += self.steps[scene]
+
+        def hook(step: int, steps: int, ids: torch.Tensor) -> None:
+            self.report(base + step, scene + 1)  # type: ignore[misc]
+            if self.callback is not None:
+                info = StepInfo(scene + 1, len(self.windows), window + 1, self.windows[scene], step, steps, ids)
+                if self.callback(info) is True:
+                    raise GenerationStopped(f"stopped by the step callback at scene {scene + 1}, step {step}")
+
+        return hook
+
+    def close(self) -> None:
+        self.report(self.total, len(self.windows), close=True)  # type: ignore[misc]
 
 
 def _load_part(folder: Path, load: Callable[[], Any]) -> Any:

@@ -2,13 +2,15 @@
 
 A line may end with per-scene settings in square brackets, e.g.
 `a red ball moves right [frames=12 guidance=4]`: the scene's length (`frames` new frames,
-or `seconds`) and any sampling setting that `SamplingSettings` marks as a scene's own.
+or `seconds`) and any sampling setting that `SamplingSettings` marks as a scene's own; a value
+with spaces is quoted, as in `[negative="the blue ball"]` (`negative` is `negative_prompt`).
 Parsing is strict so a typo never silently changes a video.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from .sampling.settings import (
 )
 
 SCENE_SETTINGS: tuple[str, ...] = (*SCENE_LENGTH_KEYS, *scene_setting_names())
+SCENE_ALIASES = {"negative": "negative_prompt"}  # the short spelling story lines use
 
 MAX_PROMPT_CHARS = 1000
 
@@ -46,8 +49,14 @@ def parse_scene_line(line: str, where: str = "prompt") -> StoryScene:
     match = _SETTINGS_RE.search(text)
     if match:
         text = text[: match.start()].strip()
-        for item in match.group(1).split():
+        try:
+            items = shlex.split(match.group(1))
+        except ValueError as exc:
+            raise StoryError(f"{where}: settings in brackets: {exc} (quote a value with spaces: "
+                             '[negative="the blue ball"])') from None
+        for item in items:
             key, sep, value = item.partition("=")
+            key = SCENE_ALIASES.get(key, key)
             if not sep or not value:
                 raise StoryError(f"{where}: setting '{item}' must look like key=value")
             if key not in SCENE_SETTINGS:

@@ -89,7 +89,7 @@ def test_one_batched_forward_per_step_and_schedule() -> None:
     with ForwardSpy(model) as spy:
         sample(
             model, emb, mask, num_token_frames=3, prime=prime, steps=steps, guidance=3.0,
-            generator=gen(2), progress=lambda s, n: calls.append((s, n)),
+            generator=gen(2), progress=lambda s, n, ids: calls.append((s, n)),
         )
     assert len(spy.inputs) == steps
     assert all(x.shape[0] == 4 for x in spy.inputs)  # conditional + unconditional rows together

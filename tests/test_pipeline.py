@@ -155,7 +155,7 @@ def test_prime_video_is_continued(pipe, tmp_path):
     assert video.scenes[0].prompt == "<prime>" and video.scenes[0].end == 7
     assert video.num_frames == 7 + 6
     with pytest.raises(PipelineError, match="at least 5"):
-        pipe.generate(["x"], prime=Video(prime.frames[:3], fps=8.0), progress=False)
+        pipe.generate(["the blue box rises"], prime=Video(prime.frames[:3], fps=8.0), progress=False)
 
 
 def test_batched_samples(pipe):

@@ -67,7 +67,8 @@ def test_every_scene_setting_can_be_set_in_a_story_line():
     values = {"steps": "8", "guidance": "2", "guidance_ramp": "true", "temperature": "0.5",
               "choice_temperature": "0.1", "temporal_bias": "1", "use_critic": "true", "critic_revise": "false",
               "schedule": "linear", "top_k": "4", "top_p": "0.9", "candidates": "2", "polish": "0.1",
-              "polish_passes": "2", "relevance_floor": "0.5", "match_weight": "10"}
+              "polish_passes": "2", "relevance_floor": "0.5", "match_weight": "10",
+              "negative_prompt": '"the blue ball"'}
     assert sorted(values) == sorted(scene_setting_names())
     scene = parse_scene_line("a red ball rises [" + " ".join(f"{k}={v}" for k, v in values.items()) + "]")
     assert SamplingSettings().replace(**scene.settings).candidates == 2

@@ -42,14 +42,19 @@ def sample_main(**options: Any) -> None:
     check_model_ref(options["checkpoint"])
     from ..checkpoint import CheckpointError
     from ..models.text import TextEncoderError
-    from ..pipeline import PipelineError
+    from ..pipeline import PipelineError, UnreadablePromptError
     from ..sampling.settings import SettingsError
     from ..video import VideoError
 
     try:
         _run(scenes, options)
+    except UnreadablePromptError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prompts/--prompt/--negative-prompt") from None
     except (PipelineError, CheckpointError, SettingsError, TextEncoderError, VideoError) as exc:
         raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: no video written", err=True)
+        raise SystemExit(130) from None
 
 
 def _run(scenes: list, options: dict[str, Any]) -> None:
@@ -62,6 +67,9 @@ def _run(scenes: list, options: dict[str, Any]) -> None:
     overrides = settings_overrides(options)
     pipe = Phenaki.from_pretrained(options["checkpoint"], revision=options["revision"], device=options["device"],
                                    dtype=options["dtype"])
+    texts = [s.prompt for s in scenes] + [s.settings.get("negative_prompt") for s in scenes]
+    for prompt, words in pipe.unknown_words([t for t in texts + [overrides.get("negative_prompt")] if t]).items():
+        click.echo(f"warning: not in the model's vocabulary, left out of {prompt!r}: {', '.join(words)}", err=True)
     result = pipe.generate(scenes, seed=options["seed"], prime=options["prime"], num_samples=options["num_samples"],
                            scene_seconds=options["scene_seconds"], progress=True, **overrides)
     videos = result if isinstance(result, list) else [result]

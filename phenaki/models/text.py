@@ -639,6 +639,17 @@ class TextEncoder(nn.Module):
                 rows[text] = row
         return rows
 
+    def unknown_words(self, prompt: str) -> tuple[list[str], bool]:
+        """The words of `prompt` outside a closed vocabulary (left out when encoding), and whether any
+        word is left; an open vocabulary (a pretrained encoder) reads every word."""
+        if not self.drop_unknown:
+            return [], True
+        unk = self.tokenizer.unk_token_id
+        row = self.tokenizer([prompt], return_offsets_mapping=True, add_special_tokens=False)
+        pieces = list(zip(row["input_ids"][0], row["offset_mapping"][0]))
+        unknown = list(dict.fromkeys(prompt[a:b] for i, (a, b) in pieces if i == unk))
+        return unknown, any(i != unk for i, _ in pieces)
+
     def _probe(self, folder: Path) -> None:
         """Tokenise an empty prompt once, so a tokenizer whose settings are damaged fails at loading,
         naming its folder, instead of in the middle of a generation."""

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Conditioning", "Text", "check_prime", "condition", "filter_logits", "guidance_scales", "gumbel",
            "masked_counts", "sample"]
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int, Tensor], object]  # (step, steps, ids after the step [B, T', H', W'])
 Text = tuple[Tensor, "Tensor | None"]  # text embeddings [B, L, D] and their mask [B, L] (None: no padding)
 
 
@@ -77,11 +77,14 @@ class Conditioning:
                            attn_mask=None if context.attn_mask is None else context.attn_mask[:b])
 
 
-def condition(model: MaskGit, text: Text | None, settings: SamplingSettings, batch: int | None = None) -> Conditioning:
+def condition(model: MaskGit, text: Text | None, settings: SamplingSettings, batch: int | None = None,
+              negative: Text | None = None) -> Conditioning:
     """Prepare the text for a decode loop with these settings (`batch` needed only without text).
 
     Plain conditional (every step's scale 1) or plain unconditional (every scale 0) sampling
-    needs only the B conditional rows; anything else runs B conditional + B null rows.
+    needs only the B conditional rows; anything else runs B conditional + B unconditional rows.
+    The unconditional rows read the null text, or `negative` (a negative prompt per row) when
+    given, so guidance pushes away from it.
     """
     if text is None:
         if batch is None:
@@ -97,14 +100,42 @@ def condition(model: MaskGit, text: Text | None, settings: SamplingSettings, bat
         text_mask = torch.ones(text_emb.shape[:2], dtype=torch.bool, device=text_emb.device)
     scales = set(guidance_scales(settings.guidance, settings.steps, settings.guidance_ramp))
     guided = not (scales <= {1.0} or scales <= {0.0})
-    if guided:
+    if negative is not None:
+        negative = _rows(negative, rows)
+    if guided and negative is not None:
+        context = model.prepare_context(*_stack(text_emb, text_mask, *negative))
+    elif guided:
         drop = torch.arange(2 * rows, device=text_emb.device) >= rows
         context = model.prepare_context(torch.cat([text_emb, text_emb]), torch.cat([text_mask, text_mask]),
                                         drop_text=drop)
+    elif float(settings.guidance) == 0.0 and negative is not None:
+        context = model.prepare_context(*negative)  # plain unconditional: the negative text alone
     else:
         drop = torch.full((rows,), float(settings.guidance) == 0.0, dtype=torch.bool, device=text_emb.device)
         context = model.prepare_context(text_emb, text_mask, drop_text=drop)
     return Conditioning(context, rows, guided=guided, has_text=True)
+
+
+def _rows(text: Text, rows: int) -> tuple[Tensor, Tensor]:
+    """A text (embeddings, mask) checked to have `rows` rows, with its mask filled in."""
+    emb, mask = text
+    if emb.shape[0] != rows:
+        raise ValueError(f"negative text batch {emb.shape[0]} does not match text batch {rows}")
+    if mask is None:
+        mask = torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
+    return emb, mask
+
+
+def _stack(a_emb: Tensor, a_mask: Tensor, b_emb: Tensor, b_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Two texts' rows one after the other, padded (masked) to the longer of the two."""
+    length = max(a_emb.shape[1], b_emb.shape[1])
+
+    def pad(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        extra = length - emb.shape[1]
+        return F.pad(emb, (0, 0, 0, extra)), F.pad(mask, (0, extra), value=False)
+
+    (a_emb, a_mask), (b_emb, b_mask) = pad(a_emb, a_mask), pad(b_emb.to(a_emb), b_mask.to(a_mask.device))
+    return torch.cat([a_emb, b_emb]), torch.cat([a_mask, b_mask])
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -216,7 +247,8 @@ def sample(
 
     Reads the decode settings (steps, guidance and its ramp, temperature, choice_temperature,
     schedule, top_k, top_p, temporal_bias, use_critic, critic_revise); the rest are the search's
-    and the story loop's. `progress(step, steps)` is called after each step with step = 1..steps.
+    and the story loop's. `progress(step, steps, ids)` is called after each step with step = 1..steps
+    and the ids as they stand (masked positions hold `model.mask_id`).
     """
     s = settings
     if s.use_critic and not model.has_critic:
@@ -258,7 +290,7 @@ def sample(
             ids = _step(model, ids, cond, _StepPlan(step, s.steps, counts[step], scales[step], choice_temperature),
                         s, generator, critic_ctx, frame_penalty, locked)
             if progress is not None:
-                progress(step + 1, s.steps)
+                progress(step + 1, s.steps, ids.view(batch, num_token_frames, h, w))
     return ids.view(batch, num_token_frames, h, w)
 
 

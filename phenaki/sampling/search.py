@@ -79,6 +79,7 @@ def draw(
     batch_size: int | None = None,
     window_score: WindowScore | None = None,
     progress: Progress | None = None,
+    negative: Text | None = None,
 ) -> Tensor:
     """Token ids [B, num_token_frames, H', W'] for the text: `settings.candidates` draws of every row
     by the decode loop, polished and the best kept (see the module docstring).
@@ -86,17 +87,20 @@ def draw(
     `text` is (embeddings [B, L, D], mask [B, L] or None), or None for unconditional draws, when
     the batch comes from `prime` or `batch_size`. `window_score(ids, fixed)` (with candidates > 1)
     scores every candidate window as it would be shown (polished); it joins the likelihood.
+    `negative` (same rows as `text`) takes the null text's place in the guidance.
     """
     batch = _batch_size(text, prime, batch_size)
     prime_frames = check_prime(model, prime, batch, num_token_frames)
     candidates = settings.candidates if prime_frames < num_token_frames else 1  # nothing to draw: no choice
     if candidates > 1:
         if text is not None:
-            text = tuple(None if t is None else t.repeat_interleave(candidates, dim=0) for t in text)  # type: ignore[assignment]
+            text = _repeat(text, candidates)
+        if negative is not None:
+            negative = _repeat(negative, candidates)
         prime = None if prime is None else prime.repeat_interleave(candidates, dim=0)
     rows = batch * candidates
     with eval_mode(model):
-        cond = condition(model, text, settings, rows)
+        cond = condition(model, text, settings, rows, negative=negative)
         ids = sample(model, cond, prime, settings, generator, num_token_frames=num_token_frames, progress=progress)
         if prime_frames < num_token_frames and (candidates > 1 or settings.polish > 0):
             null = None
@@ -122,6 +126,10 @@ def matcher_score(matcher: "TextVideoMatcher", tokenizer: "CViViT", text: Text, 
         return weight * (video * prompts).sum(dim=-1)
 
     return score
+
+
+def _repeat(text: Text, times: int) -> Text:
+    return tuple(None if t is None else t.repeat_interleave(times, dim=0) for t in text)  # type: ignore[return-value]
 
 
 def _batch_size(text: Text | None, prime: Tensor | None, batch_size: int | None) -> int:

@@ -89,6 +89,9 @@ class SamplingSettings:
     match_weight: float = _setting(0.0, "With candidates: add this many nats per unit of the model's text-video "
                                         "matcher similarity to each draw's likelihood (0: off).", _at_least(0),
                                    "finite and >= 0")
+    negative_prompt: str | None = _setting(
+        None, "Text the guidance pushes away from, in place of the empty text (default: none).",
+        _optional(lambda v: 0 < len(v.strip()) <= 1000), "1 to 1000 characters, or none")
     # the story loop (phenaki.pipeline)
     first_frames: int = _setting(11, "Frames of the first scene (1: text-to-image).", _at_least(1), ">= 1",
                                  scene=False)
