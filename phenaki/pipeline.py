@@ -14,6 +14,7 @@ story grows and time grows linearly with its length. Each window is drawn by
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -113,7 +114,8 @@ class SceneRequest:
         seconds = overrides.pop("seconds", None)
         if frames is None and seconds is not None:
             frames = seconds_to_frames(seconds, run.fps, temporal_patch)
-        return cls(scene.prompt, frames, run.replace(**overrides))
+        # explicit values, `none` included (it clears an optional setting for this scene), checked as a whole
+        return cls(scene.prompt, frames, dataclasses.replace(run, **overrides) if overrides else run)
 
 
 class Phenaki:

@@ -130,6 +130,8 @@ def test_per_scene_settings_and_long_scenes(pipe):
     assert video.metadata["scene_settings"] == [{}, {"frames": 14, "guidance": 2.0}]  # so the run can be repeated
     video = pipe.generate(["a red ball moves right [candidates=2 temporal_bias=3]"], seed=0, progress=False)
     assert video.metadata["scene_settings"] == [{"candidates": 2, "temporal_bias": 3.0}]
+    video = pipe.generate(["a red ball moves right [top_k=none]"], seed=0, top_k=4)  # none clears it for the scene
+    assert video.metadata["settings"]["top_k"] == 4 and video.metadata["scene_settings"] == [{"top_k": None}]
     with pytest.raises(SettingsError, match="unknown sampling setting 'stepz'"):
         pipe.generate(STORY[:1], stepz=3)
 

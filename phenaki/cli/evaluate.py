@@ -93,6 +93,8 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
               help="Also write rates and every verdict here.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @sampling_options
+@click.option("--negative-previous", is_flag=True,
+              help="Give every scene after the first its previous scene's prompt as the negative prompt.")
 @click.option("--tokenizer-ceiling", is_flag=True,
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
@@ -132,7 +134,8 @@ def eval_shapes(**options: Any) -> None:
         try:
             result = evaluate_shapes(pipe, options["stories"], options["seed"], num_scenes=options["scenes"],
                                      holdout=holdout, heldout_fraction=options["heldout_fraction"],
-                                     progress=bar.update, generate_kwargs=overrides)
+                                     progress=bar.update, generate_kwargs=overrides,
+                                     negative_previous=options["negative_previous"])
         except (PipelineError, SettingsError) as exc:
             raise click.ClickException(str(exc)) from None
     result["checkpoint"] = str(checkpoint)

@@ -570,6 +570,7 @@ def evaluate_shapes(
     heldout_fraction: float = 0.5,
     progress: bool | Callable[[int], object] = False,
     generate_kwargs: dict[str, Any] | None = None,
+    negative_previous: bool = False,
 ) -> dict[str, Any]:
     """Generate `stories` random Shapes stories with `pipe` and judge every scene.
 
@@ -577,7 +578,8 @@ def evaluate_shapes(
     direction change between scenes); with a `holdout`, ``stories * heldout_fraction``
     (rounded half up) stories, spread evenly, are drawn from the held-out split
     (every scene held out), the others from the train split.  Story ``i`` is generated
-    with ``seed + i``.  `progress`: True for a tqdm bar, or a callable given 1 per
+    with ``seed + i``; with `negative_previous`, every scene after the first has the previous
+    scene's prompt as its negative prompt.  `progress`: True for a tqdm bar, or a callable given 1 per
     story.  Returns a JSON-able dict: ``summary`` (``all``, ``seen``, ``heldout``:
     per-criterion scene rates plus ``stories``, ``story_correct``, the share of
     stories whose every scene is correct, and ``correct_ci95``, the 95% interval of the
@@ -605,7 +607,9 @@ def evaluate_shapes(
             split = "heldout" if _is_heldout(i, stories, held_count) else "train"
             group = "heldout" if split == "heldout" else "seen"
             prompts = sample_story(rng, num_scenes, holdout, split)
-            video = pipe.generate(prompts, seed=seed + i, progress=False, **kwargs)
+            lines = [p if j == 0 or not negative_previous else f'{p} [negative="{prompts[j - 1]}"]'
+                     for j, p in enumerate(prompts)]
+            video = pipe.generate(lines, seed=seed + i, progress=False, **kwargs)
             if [s.prompt for s in video.scenes] != prompts:
                 raise ValueError(f"story {i}: the video's scenes {video.scenes!r} do not match its prompts {prompts!r}")
             story = judge_story(video.frames, video.scenes)
@@ -627,7 +631,7 @@ def evaluate_shapes(
         "heldout_stories": held_count,
         "holdout": None if holdout is None else {"combinations": [list(c) for c in holdout.combinations],
                                                   "phrasings": list(holdout.phrasings)},
-        "generate": kwargs,
+        "generate": {**kwargs, **({"negative_previous": True} if negative_previous else {})},
         "summary": _story_summary(verdicts, groups, story_scenes),
         "stories_detail": detail,
     }
