@@ -41,7 +41,10 @@ setup(
         "pillow>=9",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "gradio>=5", "playwright>=1.40", "setuptools>=70.1"],
+        "test": ["pytest>=7.4", "gradio>=5", "playwright>=1.40", "setuptools>=70.1", "matplotlib>=3.7",
+                 "tensorboard>=2.14"],
+        "plot": ["matplotlib>=3.7"],
+        "trackers": ["tensorboard>=2.14"],
         "vision": ["torchvision"],
         "web": ["gradio>=5"],
     },

@@ -217,3 +217,26 @@ def eval_verify(folder: Path, record: bool) -> None:
         return
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     click.echo(f"{folder}: {count} files ({size / 1e6:.1f} MB) match their checksums ({seconds:.2f} s)")
+
+
+@eval_main.command("plot")
+@click.argument("source", type=click.Path(path_type=Path, exists=True))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The PNG to write.")
+def eval_plot(source: Path, out: Path) -> None:
+    """Plot a training run's curves (its folder or metrics.jsonl) or a judged result (phenaki-eval shapes --json)."""
+    import json
+
+    from ..evaluation.plots import PlotError, plot_judged, plot_run
+
+    try:
+        if source.is_dir() or source.suffix == ".jsonl":
+            path = plot_run(source, out)
+        else:
+            try:
+                result = json.loads(source.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise PlotError(f"{source}: not JSON ({exc})") from None
+            path = plot_judged(result, out)
+    except PlotError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {path}")
