@@ -10,7 +10,10 @@ wanted frame is decoded, so sampling short clips from long videos stays cheap.
 
 Writing is atomic: the output is produced under a temporary name in the target
 directory and moved into place only once complete, so a crash or an exception never
-leaves a half-written file where a good one used to be.
+leaves a half-written file where a good one used to be. A write that fails for want of
+room (a full disk, a file-size limit) or any other OS error raises ``VideoWriteError``
+(a ``VideoError`` and an ``OSError``) naming the output, with the previous file intact
+and no temporary file left.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .utils.fileio import atomic_file, atomic_write_dir, atomic_write_text
+from .utils.fileio import atomic_file, atomic_write_dir
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,22 @@ class VideoError(ValueError):
 
 class VideoNotFoundError(VideoError, FileNotFoundError):
     """The video path does not exist (also catchable as ``FileNotFoundError``)."""
+
+
+class VideoWriteError(VideoError, OSError):
+    """A video or its sidecar could not be written (a full disk, a file-size limit, no permission);
+    whatever was there before is unchanged. Also catchable as ``OSError`` (its ``errno`` is the cause's)."""
+
+
+def _write_failure(final: Path, exc: BaseException) -> VideoWriteError:
+    """One line naming the output and the cause, e.g. `cannot write out.mp4: [Errno 28] No space left on device`."""
+    if isinstance(exc, OSError) and exc.strerror:  # not exc's own text: it names the temporary file
+        reason = f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else exc.strerror
+    else:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+    error = VideoWriteError(f"cannot write {final}: {reason} (nothing was changed)")
+    error.errno = getattr(exc, "errno", None)
+    return error
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -168,8 +187,15 @@ class Video:
             text = json.dumps(self.sidecar_dict(), indent=2, ensure_ascii=False)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"Video metadata is not JSON serialisable: {exc}") from exc
-        out = write_video(path, self.frames, self.fps, quality=quality)
-        atomic_write_text(sidecar_path(path), text + "\n")
+        side = sidecar_path(path)
+        # the sidecar is written first and renamed in after the video, so a failure of either
+        # (a full disk) leaves the previous video and sidecar as they were
+        with atomic_file(side) as side_tmp:
+            try:
+                side_tmp.write_text(text + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise _write_failure(side, exc) from exc
+            out = write_video(path, self.frames, self.fps, quality=quality)
         return out
 
     @classmethod
@@ -567,11 +593,16 @@ def write_video(path: PathLike, frames: torch.Tensor | np.ndarray, fps: float, *
     if final.exists() and final.is_dir() != (kind == "png"):
         what = "a folder" if final.is_dir() else "a file"
         raise VideoError(f"cannot write {final}: {what} is already there")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if kind == "png":
-        _write_png_folder(final, arr)
-    else:
-        _write_container_atomic(final, kind, arr, fps, quality)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "png":
+            _write_png_folder(final, arr)
+        else:
+            _write_container_atomic(final, kind, arr, fps, quality)
+    except VideoError:
+        raise
+    except (OSError, av.FFmpegError) as exc:  # a full disk surfaces as either, depending on who wrote
+        raise _write_failure(final, exc) from exc
     logger.debug("wrote %d frames (%dx%d, %.3f fps) to %s", arr.shape[0], arr.shape[2], arr.shape[1], fps, final)
     return final
 
@@ -602,6 +633,8 @@ def _write_container_atomic(final: Path, suffix: str, arr: np.ndarray, fps: floa
             else:
                 _encode_yuv(tmp, suffix, arr, fps, quality, label=final)
         except av.FFmpegError as exc:
+            if isinstance(exc, OSError):  # the file could not be written (a full disk): not a codec failure
+                raise _write_failure(final, exc) from exc
             raise VideoError(f"failed to write {final}: {exc}") from exc
 
 
@@ -888,6 +921,7 @@ __all__ = [
     "VideoError",
     "VideoInfo",
     "VideoNotFoundError",
+    "VideoWriteError",
     "WRITE_SUFFIXES",
     "crop_video",
     "probe_video",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import click
@@ -23,9 +24,18 @@ def training_command(section: str):
     ]
 
     def wrap(fn):
+        @functools.wraps(fn)
+        def run(**kwargs):
+            from ..integrity import CheckpointError
+
+            try:
+                return fn(**kwargs)
+            except CheckpointError as exc:  # damaged or unwritable checkpoints: one line, exit 1
+                raise click.ClickException(str(exc)) from None
+
         for option in reversed(options):
-            fn = option(fn)
-        return click.command(context_settings={"help_option_names": ["-h", "--help"]})(fn)
+            run = option(run)
+        return click.command(context_settings={"help_option_names": ["-h", "--help"]})(run)
 
     return wrap
 

@@ -8,8 +8,15 @@ to compute a loss and a preview. Everything that makes a run trustworthy lives h
 - a data order that depends only on (seed, sample position), so a resumed run reads
   exactly the samples the uninterrupted run would have read;
 - checkpoints holding the full state (models, EMA, optimisers, schedulers, RNG,
-  step) written atomically; tensors in safetensors, optimiser/RNG state loaded back
-  with `torch.load(weights_only=True)` only: nothing arbitrary is unpickled;
+  step) written atomically, with a record of their checksums; tensors in safetensors,
+  optimiser/RNG state loaded back with `torch.load(weights_only=True)` only: nothing
+  arbitrary is unpickled;
+- training state is never lost: `--resume latest` verifies the newest checkpoint and
+  falls back, with a warning naming the damage, to the newest intact one; pruning
+  never deletes the checkpoint just written; what a killed run left half-written
+  (temporary files, a checkpoint set aside mid-swap) is cleaned up or put back when
+  the next run starts; a checkpoint that cannot be written (a full disk) is a
+  `CheckpointWriteError` naming it, with the earlier checkpoints untouched;
 - only the main process writes checkpoints, previews and logs.
 """
 
@@ -23,9 +30,8 @@ import logging
 import math
 import random
 import re
-import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +40,10 @@ from packaging.version import Version
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from ..checkpoint import load_state_dict, save_state_dict, write_json
-from ..integrity import record_folder
+from ..checkpoint import load_state_dict, read_json, save_state_dict, write_json
 from ..config import Config, TrainConfig, to_dict
-from ..utils.fileio import atomic_write_dir, recover_dir
+from ..integrity import CheckpointError, record_folder, verify_folder
+from ..utils.fileio import atomic_write_dir, clean_temporaries, recover_dir, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -213,20 +219,134 @@ def align_groups(batch: list[dict[str, Any]], accelerator: Any) -> list[dict[str
     return [by_frames[f] if f in by_frames else stand_in_group(batch[0], f) for f in union]
 
 
-def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
-    """`latest` -> newest `checkpoints/step-N` (or None); otherwise an explicit directory."""
+class CheckpointWriteError(CheckpointError):
+    """A training checkpoint (or the final export) could not be written, e.g. the disk is full.
+    Nothing already on disk was changed: the earlier checkpoints are intact."""
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    """The run's `checkpoints/step-N` folders, newest (highest N) first."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    steps = sorted(((int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR_RE.match(p.name)) and p.is_dir()),
+                   reverse=True)
+    return [p for _, p in steps]
+
+
+def check_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's step file, once its checksums are verified (`verify_folder`; a folder written
+    before records existed is not checked). Any damage is a `CheckpointError` naming the file."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        raise CheckpointError(f"{path / STATE_FILE}: missing (not a complete training checkpoint)")
+    verify_folder(path)  # IntegrityError (a CheckpointError) naming the first damaged file
+    state = read_json(path / STATE_FILE)
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise CheckpointError(f"{path / STATE_FILE}: no step recorded")
+    return state
+
+
+def _torch_load(file: Path) -> Any:
+    """`torch.load(weights_only=True)`; a missing or damaged file is a `CheckpointError` naming it."""
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        return torch.load(file, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - zip, pickle and EOF errors of a damaged file
+        raise CheckpointError(f"{file}: not readable by torch.load ({_one_line(exc)})") from None
+
+
+def resume_candidates(output_dir: Path, resume: str) -> tuple[list[Path], bool]:
+    """(the checkpoints `--resume` may continue from, newest first; whether the user named one).
+
+    `latest`: the run's `checkpoints/step-N`, newest first; otherwise the folder given (put back
+    first if a killed save had set it aside)."""
     if resume == "latest":
-        root = output_dir / "checkpoints"
-        if not root.is_dir():
-            return None
-        steps = sorted(
-            (int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR_RE.match(p.name)) and p.is_dir()
-        )
-        return steps[-1][1] if steps else None
+        return checkpoint_dirs(output_dir), False
     path = recover_dir(Path(resume))
     if not (path / STATE_FILE).is_file():
         raise FileNotFoundError(f"--resume {resume}: not a training checkpoint (no {STATE_FILE})")
-    return path
+    return [path], True
+
+
+def first_intact(output_dir: Path, resume: str, load: Callable[[Path], Any]) -> tuple[Path, Any] | None:
+    """The first of `resume`'s candidates that `load` takes without a `CheckpointError`, and what it returned.
+
+    Each damaged one is named in a warning with what is wrong with it. None when there is no
+    checkpoint at all; a `CheckpointError` listing every one when none is intact, or naming the
+    damaged file when the user named the checkpoint (`--resume DIR`).
+    """
+    candidates, explicit = resume_candidates(Path(output_dir), resume)
+    problems = []
+    for path in candidates:
+        try:
+            return path, load(path)
+        except CheckpointError as exc:
+            if explicit:
+                raise CheckpointError(f"--resume {resume}: the checkpoint is damaged: {exc}") from None
+            log.warning("checkpoint %s is damaged, not resuming from it: %s", path, exc)
+            problems.append(f"{path.name}: {exc}")
+    if problems:
+        raise CheckpointError(f"no intact checkpoint to resume in {Path(output_dir) / 'checkpoints'} "
+                              f"({len(problems)} damaged): " + "; ".join(problems))
+    return None
+
+
+def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
+    """The checkpoint `--resume` would continue from, judged by its checksums (`Trainer.fit` also
+    falls back past one whose files a reader refuses)."""
+    found = first_intact(output_dir, resume, check_checkpoint)
+    return None if found is None else found[0]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:200] + ("..." if len(text) > 200 else "")
+
+
+def _write_error(exc: BaseException) -> str:
+    """What went wrong in a write, in words (`[Errno 28] No space left on device`)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}" if exc.errno else exc.strerror
+    return _one_line(exc)
+
+
+class _ErrorKeepingWriter:
+    """A file object for torch.save that keeps the OSError of a failed write: torch reports it
+    only as "unexpected pos", which says nothing about a full disk."""
+
+    def __init__(self, fh: Any) -> None:
+        self.fh, self.error = fh, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    """`torch.save`, raising the OSError itself (EFBIG, ENOSPC) when the file cannot be written."""
+    with open(path, "wb") as fh:
+        writer = _ErrorKeepingWriter(fh)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def _write_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a failed write raises (an OSError, or safetensors' own error type)."""
+    from safetensors import SafetensorError
+
+    return (OSError, SafetensorError)
 
 
 def cpu_only() -> bool:
@@ -368,54 +488,88 @@ class Trainer(abc.ABC):
         if not self.is_main:
             return None
         path = self.output_dir / "checkpoints" / f"step-{self.step:07d}"
+        writing = {"file": ""}  # the file being written, for the error message
 
         def write(tmp: Path) -> None:
             for name, state in states.items():
-                save_state_dict(state, tmp / f"{name}.safetensors")
+                writing["file"] = f"{name}.safetensors"
+                save_state_dict(state, tmp / writing["file"])
             if self.ema is not None:
+                writing["file"] = EMA_FILE
                 save_state_dict(self.ema.state_dict(), tmp / EMA_FILE)
-            torch.save(
+            writing["file"] = "optim.pt"
+            torch_save(
                 {
                     "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                     "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
                 },
                 tmp / "optim.pt",
             )
-            torch.save({"per_process": rng_states}, tmp / "rng.pt")
+            writing["file"] = "rng.pt"
+            torch_save({"per_process": rng_states}, tmp / "rng.pt")
+            writing["file"] = STATE_FILE
             write_json(tmp / STATE_FILE, {"step": self.step, "config": to_dict(self.config),
                                             "num_processes": self.accelerator.num_processes})
+            writing["file"] = "checksums.json"
             record_folder(tmp)
 
-        atomic_write_dir(path, write)
-        self._prune_checkpoints()
+        try:
+            atomic_write_dir(path, write)
+        except _write_errors() as exc:
+            others = [p.name for p in checkpoint_dirs(self.output_dir) if p != path]
+            message = (f"cannot write checkpoint {path} ({writing['file']}): {_write_error(exc)}; nothing was "
+                       "changed on disk, " + (f"the newest checkpoint is still {others[0]}" if others
+                                             else "and the run has no earlier checkpoint"))
+            log.error(message)
+            raise CheckpointWriteError(message) from exc
+        self._prune_checkpoints(path)
         log.info("saved checkpoint %s", path)
         return path
 
-    def _prune_checkpoints(self) -> None:
-        root = self.output_dir / "checkpoints"
-        steps = sorted(p for p in root.iterdir() if STEP_DIR_RE.match(p.name))
-        for old in steps[: -self.train_cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _prune_checkpoints(self, saved: Path | None = None) -> None:
+        """Keep the newest `keep_checkpoints` checkpoints (0: all), and always `saved`, the one
+        just written: a run that fell back past damaged newer checkpoints keeps its only intact one.
+        Each is renamed away before it is deleted, so a kill mid-deletion leaves no half checkpoint."""
+        keep = self.train_cfg.keep_checkpoints
+        if keep <= 0:
+            return
+        for old in checkpoint_dirs(self.output_dir)[keep:]:
+            if saved is None or old != saved:
+                remove_tree(old)
+
+    def _clean_output_dir(self) -> None:
+        """Put back checkpoints a killed save had set aside and remove the half-written files of
+        killed runs (main process, before anything is written)."""
+        for folder in (self.output_dir, self.output_dir / "checkpoints", self.output_dir / "previews",
+                       self.output_dir / "tokens"):
+            clean_temporaries(folder)
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore everything `save_checkpoint` wrote (tensors via safetensors, the rest weights_only)."""
+        """Restore everything `save_checkpoint` wrote (tensors via safetensors, the rest weights_only).
+
+        The checksums are verified first. A damaged checkpoint is a `CheckpointError` naming the
+        file; the trainer may then hold part of it, so load another one (as `fit` does) or stop.
+        Files are read one at a time, so no more than one of them is in memory beside the model."""
+        path = Path(path)
+        state = check_checkpoint(path)
         for name, module in self.modules.items():
             self.accelerator.unwrap_model(module).load_state_dict(load_state_dict(path / f"{name}.safetensors"))
         if self.ema is not None:
             self.ema.load_state_dict(load_state_dict(path / EMA_FILE))
-        optim = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
+        optim = _torch_load(path / "optim.pt")
         for key, opt in self.optimizers.items():
             opt.load_state_dict(optim["optimizers"][key])
         for key, sched in self.schedulers.items():
             sched.load_state_dict(optim["schedulers"][key])
-        rng = torch.load(path / "rng.pt", weights_only=True)
+        del optim
+        rng = _torch_load(path / "rng.pt")
         per_process = rng.get("per_process", [rng])  # older checkpoints hold one state
         rank = self.accelerator.process_index
         if len(per_process) != self.accelerator.num_processes:
             log.warning("checkpoint was written by %d processes, resuming with %d: random streams differ from "
                         "an uninterrupted run", len(per_process), self.accelerator.num_processes)
         _set_rng_state(per_process[rank % len(per_process)])
-        self.step = json.loads((path / STATE_FILE).read_text())["step"]
+        self.step = state["step"]
         log.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ loop
@@ -467,10 +621,16 @@ class Trainer(abc.ABC):
         from tqdm import tqdm
 
         cfg = self.train_cfg
+        if self.is_main:
+            self._clean_output_dir()
+        self.accelerator.wait_for_everyone()
         if resume:
-            ckpt = find_checkpoint(self.output_dir, resume)
-            if ckpt is not None:
-                self.load_checkpoint(ckpt)
+            found = first_intact(self.output_dir, resume, self.load_checkpoint)
+            if found is not None:
+                ckpt = found[0]
+                newest = checkpoint_dirs(self.output_dir)[:1]
+                if resume == "latest" and newest and newest[0] != ckpt and self.is_main:
+                    log.warning("resuming from %s, the newest intact checkpoint (newer ones are damaged)", ckpt)
                 self._check_extension(ckpt)
             else:
                 log.info("no checkpoint to resume in %s; starting fresh", self.output_dir)
@@ -527,7 +687,13 @@ class Trainer(abc.ABC):
         final = self.output_dir / "final"
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            self.export(final)
+            try:
+                self.export(final)
+            except _write_errors() as exc:
+                message = (f"cannot export the final model to {final}: {_write_error(exc)}; the checkpoint "
+                           f"{checkpoint} holds the trained state (run again with --resume latest to export)")
+                log.error(message)
+                raise CheckpointWriteError(message) from exc
         self.accelerator.wait_for_everyone()
         return final
 

@@ -29,11 +29,11 @@ from ..checkpoint import (
     write_pipeline_settings,
 )
 from ..config import Config, from_dict, same_token_ids, to_dict
+from ..integrity import record_folder
 from ..models.cvivit import CViViT
 from ..models.maskgit import MaskGit
 from ..models.masking import continuation_prime, maskgit_loss
 from ..models.text import TextEncoder
-from ..integrity import record_folder
 from ..utils.fileio import atomic_write_dir
 from .base import Trainer, group_shares
 

@@ -2,7 +2,9 @@
 
 A MaskGIT step should cost one transformer pass, not a video decode plus a tokenizer
 pass. `tokenize_dataset` encodes a dataset in chunks (each written atomically, so a
-crashed run resumes without redoing finished chunks) and `TokenDataset` serves the ids
+crashed run resumes without redoing finished chunks; what a killed run left half-written
+is removed when the next one starts, and a chunk that cannot be read is encoded again)
+and `TokenDataset` serves the ids
 with their captions and the number of leading token-frames that are context from a
 previous scene (clips that straddle a scene change).
 """
@@ -21,7 +23,7 @@ from torch.utils.data import Dataset
 
 from ..config import to_dict
 from ..models.cvivit import CViViT
-from ..utils.fileio import atomic_file, atomic_write_text
+from ..utils.fileio import atomic_file, atomic_write_text, clean_temporaries
 from ..video import frames_to_pixels
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,18 @@ def _chunk_items(path: Path) -> int:
         return len(json.loads(fh.metadata()["captions"]))
 
 
+def _finished_items(path: Path) -> int | None:
+    """Items of a chunk a previous run finished, or None when there is none to reuse: the file is
+    missing, or it cannot be read (damaged after it was written; it is then encoded again)."""
+    if not path.exists():
+        return None
+    try:
+        return _chunk_items(path)
+    except Exception as exc:  # noqa: BLE001 - safetensors and JSON errors of a damaged file
+        log.warning("%s cannot be read (%s): encoding it again", path, " ".join(str(exc).split())[:200])
+        return None
+
+
 def _write_chunk(path: Path, tensors: dict[str, torch.Tensor], captions: list[str]) -> None:
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
@@ -132,6 +146,7 @@ def tokenize_dataset(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out)  # half-written chunks of a killed run
     total = min(num_items or len(dataset), len(dataset))  # type: ignore[arg-type]
     tokenizer = tokenizer.to(device).eval()
     chunks = []
@@ -139,7 +154,7 @@ def tokenize_dataset(
         name = _chunk_name(index)
         chunks.append(name)
         stop = min(start + chunk_size, total)
-        if (out / name).exists() and _chunk_items(out / name) == stop - start:
+        if _finished_items(out / name) == stop - start:
             log.info("%s exists: skipping items %d-%d", name, start, stop - 1)
             if progress is not None:
                 progress(stop - start)
@@ -175,15 +190,17 @@ def tokenize_shards(
     urls = expand_urls(shards)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(out)  # half-written chunks of a killed run
     tokenizer = tokenizer.to(device).eval()
     size = tuple(tokenizer.config.image_size)
     chunks, items, skipped = [], 0, 0
     for index, url in enumerate(urls):
         name = _chunk_name(index)
         chunks.append(name)
-        if (out / name).exists():
+        done = _finished_items(out / name)
+        if done is not None:
             log.info("%s exists: skipping shard %s", name, url)
-            items += _chunk_items(out / name)
+            items += done
             continue
         stream = ShardDataset([url], num_frames=num_frames, fps=fps, size=size, crop="center", shuffle_buffer=0,
                               epochs=1)

@@ -37,12 +37,14 @@ def _load_initial(path: str | Path) -> CViViT:
 
     from ..checkpoint import load_state_dict
     from ..config import from_dict
+    from ..integrity import verify_folder
 
     root = Path(path)
     if not (root / STATE_FILE).is_file():
         return CViViT.from_pretrained(root)
     if not (root / EMA_FILE).is_file():
         raise FileNotFoundError(f"train_tokenizer.init_from: the checkpoint {root} has no {EMA_FILE}")
+    verify_folder(root)  # damage is named (IntegrityError) before anything is built from it
     state = json.loads((root / STATE_FILE).read_text(encoding="utf-8"))
     model = CViViT(from_dict(TokenizerConfig, state["config"]["tokenizer"], "tokenizer"))
     model.load_state_dict(load_state_dict(root / EMA_FILE))
