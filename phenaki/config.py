@@ -220,6 +220,10 @@ class MatcherConfig:
                 raise ConfigError(f"matcher.{name} must be >= 1, got {getattr(self, name)}")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+"""Experiment trackers a training run can report to (through accelerate's `log_with`)."""
+
+
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping for one trainer."""
@@ -271,6 +275,8 @@ class TrainConfig:
     critic_only: bool = False  # train only a token critic onto the init_from pipeline's frozen generator and
     # text encoder (a fresh critic is added when it has none); the generator's samples stay as they were
     preview_prompts: list[str] = field(default_factory=list)
+    log_with: list[str] = field(default_factory=list)  # experiment trackers through accelerate, besides
+    # metrics.jsonl: tensorboard, wandb, mlflow, or all (each needs its package; files go under output_dir)
     tokens_cache: str | None = None  # token cache folder (default <output_dir>/tokens)
     cache_items: int | None = None  # clips to tokenise (default data.num_samples)
 
@@ -278,6 +284,14 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         if not 0.0 < self.hard_fraction <= 1.0:
             raise ConfigError(f"hard_fraction must be in (0, 1], got {self.hard_fraction}")
+        if isinstance(self.log_with, str):
+            self.log_with = [t for t in self.log_with.replace(",", " ").split() if t]
+        unknown = sorted(set(self.log_with) - set(TRACKERS) - {"all"})
+        if unknown:
+            raise ConfigError(f"log_with: unknown tracker(s) {', '.join(unknown)}; choose from "
+                              f"{', '.join(TRACKERS)} or all")
+        if "all" in self.log_with:
+            self.log_with = list(TRACKERS)
 
 
 @dataclass

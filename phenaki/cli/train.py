@@ -17,6 +17,9 @@ def training_command(section: str):
         click.option("--set", "overrides", multiple=True, help="Config override KEY=VALUE (repeatable)."),
         click.option("--stop-at", type=int, default=None, help="Stop (with a checkpoint) at this step."),
         click.option("--no-progress", is_flag=True, help="No progress bar (logs only)."),
+        click.option("--log-with", default=None, metavar="TRACKERS",
+                     help=f"Also report to experiment trackers: tensorboard, wandb, mlflow or all (comma-separated; "
+                          f"overrides {section}.log_with)."),
         click.option("--dry-run", is_flag=True, help="Build the model on the meta device, print parameters, "
                      "tokens and memory per device; train nothing."),
         click.option("--world-size", type=int, default=None,
@@ -49,7 +52,10 @@ def training_config(which: str, options: dict):
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        config = load_config(options["config_path"], parse_overrides(options["overrides"]))
+        overrides = parse_overrides(options["overrides"])
+        if options.get("log_with"):
+            overrides[f"train_{which}.log_with"] = options["log_with"].replace(",", " ").split()
+        config = load_config(options["config_path"], overrides)
     except (ConfigError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from None
     if options["dry_run"]:

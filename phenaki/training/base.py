@@ -300,6 +300,23 @@ def find_checkpoint(output_dir: Path, resume: str) -> Path | None:
     return None if found is None else found[0]
 
 
+def _tracker_config(config: dict[str, Any], name: str) -> dict[str, Any]:
+    """The run's config as trackers take it (TensorBoard's hyperparameters): flat keys, plain values."""
+    flat: dict[str, Any] = {"trainer": name}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix] = value
+        else:
+            flat[prefix] = str(value)
+
+    walk("", config)
+    return flat
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text[:200] + ("..." if len(text) > 200 else "")
@@ -376,7 +393,11 @@ class Trainer(abc.ABC):
             train.output_dir = str(output_dir)
         self.output_dir = Path(train.output_dir)
         self.progress = progress
-        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu_only() if cpu is None else cpu)
+        self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu_only() if cpu is None else cpu,
+                                       log_with=list(train.log_with) or None,
+                                       project_dir=str(self.output_dir) if train.log_with else None)
+        if train.log_with:
+            self.accelerator.init_trackers(f"{self.name}", config=_tracker_config(to_dict(config), self.name))
         set_seed(train.seed + self.accelerator.process_index)
         self.step = 0
         self.modules: dict[str, nn.Module] = {}
@@ -581,6 +602,8 @@ class Trainer(abc.ABC):
         record = {"step": self.step, **{k: round(float(v), 6) for k, v in metrics.items()}}
         with self._metrics_file.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+        if self.train_cfg.log_with:
+            self.accelerator.log({k: float(v) for k, v in metrics.items()}, step=self.step)
         log.info("step %d %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
     @abc.abstractmethod
@@ -592,6 +615,24 @@ class Trainer(abc.ABC):
 
     def preview(self) -> None:
         """Write previews for the current step (main process only)."""
+
+    def log_preview(self, path: Path, frames: torch.Tensor) -> None:
+        """Hand a written preview (uint8 [T, H, W, 3]) to the trackers: TensorBoard gets its middle
+        frame as an image, W&B the clip, MLflow the file."""
+        for tracker in self.accelerator.trackers if self.train_cfg.log_with else []:
+            try:
+                if tracker.name == "tensorboard":
+                    tracker.writer.add_image("preview", frames[len(frames) // 2].permute(2, 0, 1), self.step)
+                elif tracker.name == "wandb":
+                    import wandb
+
+                    tracker.log({"preview": wandb.Video(str(path))}, step=self.step)
+                elif tracker.name == "mlflow":
+                    import mlflow
+
+                    mlflow.log_artifact(str(path), artifact_path="previews")
+            except Exception as exc:  # noqa: BLE001 - a tracker's hiccup must not stop training
+                log.warning("could not send preview %s to %s: %s", path, tracker.name, exc)
 
     @abc.abstractmethod
     def export(self, path: Path) -> Path:
@@ -681,6 +722,8 @@ class Trainer(abc.ABC):
                 self.save_checkpoint()
         bar.close()
         checkpoint = self.save_checkpoint()
+        if self.train_cfg.log_with:
+            self.accelerator.end_training()
         if self.step < cfg.steps:
             self.accelerator.wait_for_everyone()
             return checkpoint or self.output_dir / "checkpoints"

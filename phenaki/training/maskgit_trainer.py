@@ -187,6 +187,7 @@ class MaskGitTrainer(Trainer):
         grid = torch.cat(list(video), dim=2)  # prompts side by side
         path = self.output_dir / "previews" / f"step-{self.step:07d}.gif"
         write_video(path, grid, self.config.data.fps)
+        self.log_preview(path, grid)
         log.info("preview %s (%s)", path, " | ".join(prompts))
 
     def export(self, path: Path) -> Path:

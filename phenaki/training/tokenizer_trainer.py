@@ -206,6 +206,7 @@ class TokenizerTrainer(Trainer):
         grid = torch.cat(list(side_by_side[:4]), dim=1)  # clips stacked vertically
         path = self.output_dir / "previews" / f"step-{self.step:07d}.gif"
         write_video(path, grid, self.config.data.fps)
+        self.log_preview(path, grid)
         log.info("preview %s", path)
 
     def export(self, path: Path) -> Path:
