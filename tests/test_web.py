@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from phenaki.video import read_video
-from phenaki.web import OutputStore, RequestError, WebLimits, parse_request
+from phenaki.web import Cancelled, OutputStore, RequestError, StoryService, WebLimits, parse_request
 
 ARTEFACTS = Path(__file__).resolve().parent / "artefacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -41,7 +41,7 @@ def test_a_good_story_parses_with_its_settings():
     ("a red ball " + "x" * 300, {}, "Line 1 is 311 characters long; the limit is 200"),
     ("\n".join(["a red ball rises"] * 9), {}, "9 scenes; this server allows at most 8"),
     ("a red ball rises\nthe ball falls [frames=200]", {}, "about 211 frames; this server allows at most 128"),
-    ("a red ball rises [speed=3]", {}, "unknown scene setting 'speed'"),
+    ("a red ball rises [speed=3]", {}, "Line 1: unknown scene setting 'speed'"),
     ("a red ball rises", {"seed": -1}, "seed must be a whole number"),
     ("a red ball rises", {"seed": 1.5}, "seed must be a whole number"),
     ("a red ball rises", {"steps": 0}, "Steps must be a whole number from 1 to 64"),
@@ -49,10 +49,29 @@ def test_a_good_story_parses_with_its_settings():
     ("a red ball rises [steps=1000]", {}, "Scene 1: steps=1000 is above this server's limit of 64"),
     ("a red ball rises [seconds=inf]", {}, "Scene 1: seconds must be a finite number"),
     ("a red ball rises", {"scene_seconds": float("nan")}, "Scene length must be a positive number"),
+    # what an API client may send instead of numbers: each field named, never a bare error
+    ("a red ball rises", {"steps": None}, "Steps must be a whole number"),
+    ("a red ball rises", {"steps": "many"}, "Steps must be a whole number"),
+    ("a red ball rises", {"seed": "x"}, "seed must be a whole number"),
+    ("a red ball rises", {"seed": True}, "seed must be a whole number"),
+    ("a red ball rises", {"guidance": None}, "Guidance must be between 0 and 50"),
+    ("a red ball rises", {"fps": "fast"}, "Frames per second"),
+    ("a red ball rises", {"scene_seconds": "long"}, "Scene length must be a positive number"),
+    (["a red ball rises"], {}, "The story must be text"),
 ])
 def test_bad_requests_name_the_problem(story, kwargs, message):
     with pytest.raises(RequestError, match=message.replace("(", r"\(")):
         ask(story, **kwargs)
+
+
+def test_text_settings_on_a_line_are_text():
+    request = ask('a red ball rises [schedule=linear]\nthe ball falls [steps=4]')
+    assert request.scenes[0].settings == {"schedule": "linear"}
+
+
+def test_numbers_may_arrive_as_text():
+    request = ask("a red ball rises", seed="7", steps="12", guidance="2.5", fps="10")
+    assert (request.seed, request.steps, request.guidance, request.fps) == (7, 12, 2.5, 10.0)
 
 
 def test_limits_are_configurable():
@@ -72,6 +91,104 @@ def test_output_folders_are_per_request_and_old_ones_go(tmp_path):
     assert len(set(folders)) == 5
     assert sorted(p.name for p in store.root.iterdir()) == sorted([f.name for f in folders[-3:]] + ["my-notes"])
     assert store.root == tmp_path / "out" / "phenaki-web"
+
+
+def test_the_oldest_folder_is_the_first_made_not_the_first_written(tmp_path):
+    # writing into a folder touches it: the age of a folder is the order of creation
+    store = OutputStore(tmp_path, keep=2)
+    a, b = store.new(), store.new()
+    time.sleep(0.01)
+    (a / "story.mp4").write_bytes(b"a, written after b was made")
+    c = store.new()
+    assert [p.name for p in store.folders()] == [b.name, c.name]
+
+
+def test_folders_found_at_start_are_older_and_go_first(tmp_path):
+    root = tmp_path / "phenaki-web"
+    for name in ["20260101-000000-000000aa", "20250101-000000-000000bb"]:
+        (root / name).mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "story.mp4").write_bytes(b"x")
+    (root / "20240101-000000-000000cc").symlink_to(outside)  # a link named like a request folder: kept
+    (root / "20230101-000000-000000dd").write_text("a file named like one: kept")
+    store = OutputStore(tmp_path, keep=2)
+    made = store.new()
+    assert [p.name for p in store.folders()] == ["20260101-000000-000000aa", made.name]
+    assert (outside / "story.mp4").exists() and (root / "20240101-000000-000000cc").is_symlink()
+    assert (root / "20230101-000000-000000dd").is_file()
+
+
+def test_a_folder_being_written_is_never_pruned(tmp_path):
+    store = OutputStore(tmp_path, keep=1)
+    with store.reserve() as first:
+        with store.reserve() as second:  # two requests writing at once, with keep=1
+            (first / "story.mp4").write_bytes(b"1")
+            third = store.new()
+            assert first.exists() and second.exists() and third.exists()
+        assert first.exists() and not second.exists()  # second: written, released, older than third
+    assert store.folders() == [third]
+
+
+def test_a_failed_or_cancelled_write_leaves_no_folder(tmp_path):
+    store = OutputStore(tmp_path, keep=4)
+    with pytest.raises(Cancelled), store.reserve() as folder:
+        (folder / "story.mp4").write_bytes(b"half")
+        raise Cancelled("the request was cancelled")
+    assert store.folders() == [] and not folder.exists()
+
+
+@pytest.fixture(scope="module")
+def service(tiny_pipeline_dir, tmp_path_factory):
+    from phenaki.pipeline import Phenaki
+
+    pipe = Phenaki.from_pretrained(tiny_pipeline_dir, device="cpu", dtype="float32")
+    out = tmp_path_factory.mktemp("service")
+    return StoryService(pipe, WebLimits(keep_outputs=8), OutputStore(out, keep=8))
+
+
+def test_the_sidecar_names_the_model_and_the_request_never_a_path(service, one_thread, tiny_pipeline_dir):
+    request = service.request("a red ball moves right\nthe blue box rises", 4, 2, 3.0, 0, 8.0)
+    files = service.generate(request)
+    meta = json.loads(files["json"].read_text())["metadata"]
+    assert meta["checkpoint"] == Path(tiny_pipeline_dir).name == service.model_name
+    assert meta["request"] == files["request"] == files["folder"].name
+    assert str(Path(tiny_pipeline_dir).parent) not in files["json"].read_text()
+    assert sorted(p.name for p in files["folder"].iterdir()) == ["story.gif", "story.json", "story.mp4"]
+    assert files["frames"] == 17 and read_video(files["mp4"])[0].shape[0] == 17
+
+
+def test_a_cancelled_request_stops_and_leaves_nothing(service, one_thread):
+    import threading
+
+    before = service.outputs.folders()
+    request = service.request("a red ball moves right\nthe blue box rises", 5, 8, 3.0, 0, 8.0)
+    cancel = threading.Event()
+    steps = []
+
+    def progress(fraction, text):  # the page's progress; the user cancels after the third step
+        steps.append(fraction)
+        if len(steps) == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        service.generate(request, progress, cancel=cancel)
+    assert len(steps) == 3  # stopped at the next step
+    with pytest.raises(Cancelled):
+        service.generate(request, cancel=cancel)  # cancelled before it started: nothing starts
+
+    def hand_over(files):  # the files written, then handing them over fails: the folder goes
+        raise OSError("the cache's disk is full")
+
+    with pytest.raises(OSError):
+        service.generate(request, hand_over=hand_over)
+    assert service.outputs.folders() == before
+
+
+def test_a_prompt_the_model_cannot_read_is_refused_with_a_message(service, one_thread):
+    request = service.request("xyzzy plugh", 0, 2, 3.0, 0, 8.0)  # the words are checked by the model
+    with pytest.raises(RequestError, match="The model knows none of the words of 'xyzzy plugh'"):
+        service.generate(request)
 
 
 # ----------------------------------------------------------------------------- browser

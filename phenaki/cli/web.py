@@ -26,12 +26,16 @@ from .common import setup_logging
               help="Most decoding steps a request may ask for.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
               help="Generations running at once; later requests wait in the queue.")
-@click.option("--queue-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--queue-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Requests that may wait; when it is full, new ones are turned away at once.")
 @click.option("--keep-outputs", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Request folders kept; older ones are deleted.")
+              help="Request folders kept; older ones are deleted, never one still being written.")
 @click.option("--verbose", "-v", is_flag=True)
 def web_main(**kw) -> None:
-    """Serve the story-to-video web demo (needs the web extra: pip install -e ".[web]")."""
+    """Serve the story-to-video web demo (needs the web extra: pip install -e ".[web]").
+
+    The page's HTTP API has one endpoint, /generate (gradio_client: api_name="/generate").
+    """
     setup_logging(kw["verbose"])
     try:
         import gradio  # noqa: F401
