@@ -92,6 +92,7 @@ class Request:
     scene_seconds: float | None
     fps: float
     settings: dict[str, Any] = field(default_factory=dict)
+    negative: str | None = None  # the story's negative prompt (a line's own [negative="..."] wins)
 
 
 def _number(value: Any) -> float | None:
@@ -113,7 +114,7 @@ def _whole(value: Any, low: int, high: int) -> int | None:
 
 def parse_request(story: str, seed: float, steps: float, guidance: float, scene_seconds: float | None,
                   fps: float, limits: WebLimits, *, model_fps: float, first_frames: int, scene_frames: int,
-                  temporal_patch: int) -> Request:
+                  temporal_patch: int, negative: Any = None) -> Request:
     """Validate everything the page (or an API client) sends; raise RequestError naming the problem.
 
     Numbers may arrive as anything JSON can carry (text, null, a fraction), so each is
@@ -177,7 +178,13 @@ def parse_request(story: str, seed: float, steps: float, guidance: float, scene_
     if total > limits.max_total_frames:
         raise RequestError(f"The story would have about {total} frames; this server allows at most "
                            f"{limits.max_total_frames}. Use fewer or shorter scenes.")
-    return Request(scenes, whole_seed, whole_steps, float(guidance), scene_seconds, float(fps))
+    if negative is not None and not isinstance(negative, str):
+        raise RequestError("The negative prompt must be text.")
+    negative = (negative or "").strip() or None
+    if negative is not None and len(negative) > limits.max_line_chars:
+        raise RequestError(f"The negative prompt is {len(negative)} characters; this server allows at most "
+                           f"{limits.max_line_chars}.")
+    return Request(scenes, whole_seed, whole_steps, float(guidance), scene_seconds, float(fps), negative=negative)
 
 
 REQUEST_DIR = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
@@ -282,13 +289,26 @@ class StoryService:
         self.model_name = model_name or (Path(pipe.source).name if getattr(pipe, "source", None) else "phenaki")
 
     def request(self, story: str, seed: float, steps: float, guidance: float, scene_seconds: float | None,
-                fps: float) -> Request:
+                fps: float, negative: Any = None) -> Request:
         s = self.pipe.sampling
         if _number(scene_seconds) == 0:  # the page's 0: the model's default length
             scene_seconds = None
         return parse_request(story, seed, steps, guidance, scene_seconds, fps, self.limits,
                              model_fps=self.pipe.fps, first_frames=s.first_frames, scene_frames=s.scene_frames,
-                             temporal_patch=self.pipe.temporal_patch)
+                             temporal_patch=self.pipe.temporal_patch, negative=negative)
+
+    def unknown_words(self, request: Request) -> dict[str, list[str]]:
+        """The words of the request's prompts the model leaves out (a prompt with none it knows is
+        refused when generating)."""
+        from .pipeline import PipelineError
+
+        texts = [scene.prompt for scene in request.scenes] + [request.negative or ""]
+        texts += [scene.settings.get("negative_prompt") or "" for scene in request.scenes]
+        try:
+            return self.pipe.unknown_words([t for t in texts if t])
+        except PipelineError as exc:
+            message = str(exc)
+            raise RequestError(message[0].upper() + message[1:]) from None
 
     def generate(self, request: Request, progress: Callable[[float, str], object] | None = None, *,
                  cancel: threading.Event | None = None,
@@ -317,6 +337,7 @@ class StoryService:
         try:
             video = self.pipe.generate(request.scenes, seed=request.seed, steps=request.steps,
                                        guidance=request.guidance, scene_seconds=request.scene_seconds,
+                                       negative_prompt=request.negative,
                                        progress=report, callback=None if cancel is None else lambda _: cancel.is_set())
         except GenerationStopped:
             raise Cancelled("the request was cancelled") from None
@@ -366,7 +387,7 @@ def build_app(service: StoryService, model_name: str) -> Any:
     """The Gradio page (`model_name` is shown: a name, never a path of the serving machine).
 
     Its one endpoint, `/generate` (`API_NAME`), takes (story, seed, steps, guidance,
-    scene_seconds, fps) and returns (the MP4, [MP4, GIF, JSON sidecar], a one-line summary
+    scene_seconds, fps, negative prompt) and returns (the MP4, [MP4, GIF, JSON sidecar], a one-line summary
     that ends with the request's folder name). A refused request raises `gradio.Error`
     with the message shown in the page; a client receives it as the error's text.
     """
@@ -375,18 +396,17 @@ def build_app(service: StoryService, model_name: str) -> Any:
     # Number and slider fields whose values `parse_request` checks, with a message naming the
     # field: Gradio's own range check gives a message without the field's name, turns text or
     # null into a bare "Error", and logs a stack trace. The page never sends such values; an API
-    # client can. (`is_template`: the front end draws them as the Gradio component they derive from.)
-    class NumberField(gr.Number):
-        is_template = True
+    # client can. (Set on the instances: a subclass of a Gradio component makes Gradio write a
+    # type-stub file beside this module.)
+    def passed_through(component: Any) -> Any:
+        component.preprocess = lambda payload: payload
+        return component
 
-        def preprocess(self, payload: Any) -> Any:
-            return payload
+    def NumberField(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - used like the component it makes
+        return passed_through(gr.Number(*args, **kwargs))
 
-    class SliderField(gr.Slider):
-        is_template = True
-
-        def preprocess(self, payload: Any) -> Any:
-            return payload
+    def SliderField(*args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        return passed_through(gr.Slider(*args, **kwargs))
 
     s = service.pipe.sampling
     limits = service.limits
@@ -402,11 +422,14 @@ def build_app(service: StoryService, model_name: str) -> Any:
         cached = {key: Path(downloads.move_resource_to_block_cache(str(files[key]))) for key in ("mp4", "gif", "json")}
         return {**files, **cached}
 
-    async def generate(story, seed, steps, guidance, scene_seconds, fps, progress=gr.Progress()):
+    async def generate(story, seed, steps, guidance, scene_seconds, fps, negative=None, progress=gr.Progress()):
         try:
-            request = service.request(story, seed, steps, guidance, scene_seconds, fps)
+            request = service.request(story, seed, steps, guidance, scene_seconds, fps, negative)
+            unknown = service.unknown_words(request)
         except RequestError as exc:
             raise gr.Error(_message(str(exc)), print_exception=False) from None
+        for prompt, words in unknown.items():
+            gr.Warning(html.escape(f"Not in the model's vocabulary, left out of '{prompt}': {', '.join(words)}"))
         progress(0.0, desc="starting")
         cancel = threading.Event()
 
@@ -456,15 +479,21 @@ def build_app(service: StoryService, model_name: str) -> Any:
                                                 value=0, minimum=0, elem_id="scene-seconds")
                     fps = NumberField(label="Frames per second", value=service.pipe.fps, minimum=1, maximum=60,
                                       elem_id="fps")
-                button = gr.Button("Generate", variant="primary", elem_id="generate")
+                negative = gr.Textbox(label="Negative prompt (optional): what guidance pushes away from",
+                                      lines=1, value="", elem_id="negative")
+                with gr.Row():
+                    button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 gr.Examples(EXAMPLES, inputs=[story], label="Example stories")
             with gr.Column():
                 video = gr.Video(label="Video", autoplay=True, loop=True, elem_id="video")
                 summary = gr.Markdown(label="Summary", show_label=False, elem_id="summary")
                 downloads = gr.File(label="Downloads (MP4, GIF, JSON sidecar)", file_count="multiple",
                                     elem_id="files")
-        button.click(generate, [story, seed, steps, guidance, scene_seconds, fps], [video, downloads, summary],
-                     concurrency_limit=limits.concurrency, api_name=API_NAME)
+        run = button.click(generate, [story, seed, steps, guidance, scene_seconds, fps, negative],
+                           [video, downloads, summary], concurrency_limit=limits.concurrency, api_name=API_NAME)
+        # stops the running generation at its next step (or takes it out of the queue) and frees its place
+        cancel.click(None, None, None, cancels=[run])
     app.queue(max_size=limits.queue_size, default_concurrency_limit=limits.concurrency)
     return app
 

@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 from phenaki.video import read_video
-from phenaki.web import Cancelled, OutputStore, RequestError, StoryService, WebLimits, parse_request
+from phenaki.web import (
+    Cancelled,
+    OutputStore,
+    RequestError,
+    StoryService,
+    WebLimits,
+    parse_request,
+)
 
 ARTEFACTS = Path(__file__).resolve().parent / "artefacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -302,3 +309,34 @@ def test_browser_bad_input_gets_a_message_and_the_server_keeps_serving(server, p
     page.wait_for_function(
         "document.querySelector('#summary') && document.querySelector('#summary').innerText.includes('1 scene(s)')",
         timeout=120_000)
+
+
+def test_browser_negative_prompt_unknown_words_and_cancel(server, page):
+    url, out = server
+    page.goto(url, wait_until="networkidle")
+    # a negative prompt reaches the generation, and words the model does not know are named in the page
+    _set_story(page, "a red ball moves right\nthe blue box zooms")
+    page.locator("#negative textarea").fill("a green disc falls")
+    before = set(Path(out).glob("phenaki-web/*/story.json"))
+    page.locator("#generate").click()
+    page.wait_for_selector("text=left out of 'the blue box zooms': zooms", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#summary') && document.querySelector('#summary').innerText.includes('2 scene(s)')",
+        timeout=120_000)
+    sidecar = (set(Path(out).glob("phenaki-web/*/story.json")) - before).pop()
+    assert json.loads(sidecar.read_text())["metadata"]["settings"]["negative_prompt"] == "a green disc falls"
+    # Cancel stops a long story mid-way: no new folder, and the next request is served at once
+    page.locator("#negative textarea").fill("")
+    _set_story(page, "\n".join(["a red ball rises [frames=30 steps=64]"] * 4))
+    before = set(Path(out).glob("phenaki-web/*"))
+    page.locator("#generate").click()
+    time.sleep(1.5)
+    page.locator("#cancel").click()
+    _set_story(page, "a green disc falls")
+    page.locator("#generate").click()
+    page.wait_for_function(
+        "document.querySelector('#summary') && document.querySelector('#summary').innerText.includes('1 scene(s)')",
+        timeout=60_000)
+    made = set(Path(out).glob("phenaki-web/*")) - before
+    assert len(made) == 1
+    assert json.loads((made.pop() / "story.json").read_text())["metadata"]["prompts"] == ["a green disc falls"]
