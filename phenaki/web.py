@@ -383,21 +383,14 @@ async def _settle(future: asyncio.Future) -> None:
             break
 
 
-def build_app(service: StoryService, model_name: str) -> Any:
-    """The Gradio page (`model_name` is shown: a name, never a path of the serving machine).
-
-    Its one endpoint, `/generate` (`API_NAME`), takes (story, seed, steps, guidance,
-    scene_seconds, fps, negative prompt) and returns (the MP4, [MP4, GIF, JSON sidecar], a one-line summary
-    that ends with the request's folder name). A refused request raises `gradio.Error`
-    with the message shown in the page; a client receives it as the error's text.
-    """
+def _unchecked_fields() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """Number and slider fields whose values `parse_request` checks, with a message naming the
+    field: Gradio's own range check gives a message without the field's name, turns text or
+    null into a bare "Error", and logs a stack trace. The page never sends such values; an API
+    client can. (Set on the instances: a subclass of a Gradio component makes Gradio write a
+    type-stub file beside this module.)"""
     import gradio as gr
 
-    # Number and slider fields whose values `parse_request` checks, with a message naming the
-    # field: Gradio's own range check gives a message without the field's name, turns text or
-    # null into a bare "Error", and logs a stack trace. The page never sends such values; an API
-    # client can. (Set on the instances: a subclass of a Gradio component makes Gradio write a
-    # type-stub file beside this module.)
     def passed_through(component: Any) -> Any:
         component.preprocess = lambda payload: payload
         return component
@@ -408,7 +401,14 @@ def build_app(service: StoryService, model_name: str) -> Any:
     def SliderField(*args: Any, **kwargs: Any) -> Any:  # noqa: N802
         return passed_through(gr.Slider(*args, **kwargs))
 
-    s = service.pipe.sampling
+    return NumberField, SliderField
+
+
+def _generate_handler(service: StoryService, downloads: Any) -> Callable[..., Any]:
+    """The page's function: checks the request, runs it on one of `concurrency` worker threads, and
+    turns refusals into messages and a client's cancel into a stop at the next decoding step."""
+    import gradio as gr
+
     limits = service.limits
     # the generations run here, on `concurrency` threads that live as long as the app (the queue
     # never starts more at once); the page's function itself is a coroutine, so that a client's
@@ -461,6 +461,23 @@ def build_app(service: StoryService, model_name: str) -> Any:
                    f"{request.fps:g} fps, seed {request.seed}; request {files['request']}")
         return str(files["mp4"]), [str(files["mp4"]), str(files["gif"]), str(files["json"])], summary
 
+    return generate
+
+
+def build_app(service: StoryService, model_name: str) -> Any:
+    """The Gradio page (`model_name` is shown: a name, never a path of the serving machine).
+
+    Its one endpoint, `/generate` (`API_NAME`), takes (story, seed, steps, guidance,
+    scene_seconds, fps, negative prompt) and returns (the MP4, [MP4, GIF, JSON sidecar], a one-line summary
+    that ends with the request's folder name). A refused request raises `gradio.Error`
+    with the message shown in the page; a client receives it as the error's text.
+    """
+    import gradio as gr
+
+    s = service.pipe.sampling
+    limits = service.limits
+    NumberField, SliderField = _unchecked_fields()
+
     # Gradio copies returned files into its cache: clear entries older than an hour, hourly
     with gr.Blocks(title="Phenaki: story to video", delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"# Phenaki: story to video\nOne scene per line; each scene continues the last. "
@@ -490,6 +507,7 @@ def build_app(service: StoryService, model_name: str) -> Any:
                 summary = gr.Markdown(label="Summary", show_label=False, elem_id="summary")
                 downloads = gr.File(label="Downloads (MP4, GIF, JSON sidecar)", file_count="multiple",
                                     elem_id="files")
+        generate = _generate_handler(service, downloads)
         run = button.click(generate, [story, seed, steps, guidance, scene_seconds, fps, negative],
                            [video, downloads, summary], concurrency_limit=limits.concurrency, api_name=API_NAME)
         # stops the running generation at its next step (or takes it out of the queue) and frees its place

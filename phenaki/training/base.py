@@ -666,15 +666,7 @@ class Trainer(abc.ABC):
             self._clean_output_dir()
         self.accelerator.wait_for_everyone()
         if resume:
-            found = first_intact(self.output_dir, resume, self.load_checkpoint)
-            if found is not None:
-                ckpt = found[0]
-                newest = checkpoint_dirs(self.output_dir)[:1]
-                if resume == "latest" and newest and newest[0] != ckpt and self.is_main:
-                    log.warning("resuming from %s, the newest intact checkpoint (newer ones are damaged)", ckpt)
-                self._check_extension(ckpt)
-            else:
-                log.info("no checkpoint to resume in %s; starting fresh", self.output_dir)
+            self._resume(resume)
         model = self.modules[self.name]
         loader = iter(self.make_loader(dataset, self.step))
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.name}",
@@ -721,8 +713,25 @@ class Trainer(abc.ABC):
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end:
                 self.save_checkpoint()
         bar.close()
+        return self._finish(end)
+
+    def _resume(self, resume: str) -> None:
+        """Load the newest intact checkpoint `resume` names (saying when newer ones are damaged)."""
+        found = first_intact(self.output_dir, resume, self.load_checkpoint)
+        if found is None:
+            log.info("no checkpoint to resume in %s; starting fresh", self.output_dir)
+            return
+        ckpt = found[0]
+        newest = checkpoint_dirs(self.output_dir)[:1]
+        if resume == "latest" and newest and newest[0] != ckpt and self.is_main:
+            log.warning("resuming from %s, the newest intact checkpoint (newer ones are damaged)", ckpt)
+        self._check_extension(ckpt)
+
+    def _finish(self, end: int) -> Path:
+        """The last checkpoint, then (when the run reached its steps) the exported final model."""
+        cfg = self.train_cfg
         checkpoint = self.save_checkpoint()
-        if self.train_cfg.log_with:
+        if cfg.log_with:
             self.accelerator.end_training()
         if self.step < cfg.steps:
             self.accelerator.wait_for_everyone()
