@@ -69,15 +69,20 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from None
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file of a folder, or a `CheckpointError` naming the file and what is wrong with it."""
+def read_json(path: Path, kind: type | None = None) -> Any:
+    """A JSON file of a folder (of `kind`, e.g. dict, when given), or a `CheckpointError` naming the
+    file and what is wrong with it."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path}: not valid JSON ({_one_line(exc)})") from None
+    if kind is not None and not isinstance(data, kind):
+        names = {dict: "a JSON object", list: "a JSON list"}
+        raise CheckpointError(f"{path}: expected {names.get(kind, kind.__name__)}, got {type(data).__name__}")
+    return data
 
 
 def _one_line(exc: BaseException) -> str:
@@ -134,9 +139,7 @@ class PretrainedMixin:
         cfg_file = Path(path) / CONFIG_NAME
         if not cfg_file.exists():
             raise CheckpointError(f"{cfg_file}: missing ({path} is not a checkpoint directory without it)")
-        data = read_json(cfg_file)
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{cfg_file}: expected a JSON object, got {type(data).__name__}")
+        data = read_json(cfg_file, dict)
         saved = data.get("class")
         if saved is not None and saved != cls.__name__:
             raise CheckpointError(f"{path} holds a {saved}, not a {cls.__name__}")
@@ -227,10 +230,7 @@ def read_pipeline_settings(root: Path, what: str = "a Phenaki checkpoint directo
     path = Path(root) / PIPELINE_FILE
     if not path.is_file():
         raise CheckpointError(f"{root} is not {what}: no {PIPELINE_FILE}")
-    settings = read_json(path)
-    if not isinstance(settings, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(settings).__name__}")
-    return settings
+    return read_json(path, dict)
 
 
 def write_pipeline_settings(root: Path, settings: dict[str, Any]) -> None:

@@ -11,6 +11,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+TINY_TOKENIZER = {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
+                  "quantizer": "fsq", "fsq_levels": [5, 5, 5], "num_frames": 5}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A saved tiny random tokenizer (FSQ, 5-frame clips)."""
+    from phenaki.config import TokenizerConfig
+    from phenaki.models.cvivit import CViViT
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tok") / "final"
+    CViViT(TokenizerConfig(**TINY_TOKENIZER)).save_pretrained(path)
+    return path
+
+
 def make_tiny_pipeline(path, *, dim: int = 32, seed: int = 0):
     """A complete pipeline directory with tiny random models (64x64, 11 + 6 frames, 2 steps)."""
     from phenaki.config import (

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import TINY_TOKENIZER
 from safetensors.torch import load_file
 
 from phenaki.config import Config, TokenizerConfig, from_dict
@@ -40,8 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 FAULT_RUN = REPO / "tests" / "fault_run.py"
 TRAIN_TOKENIZER = REPO / "train" / "train_tokenizer.py"
 TRAIN_MASKGIT = REPO / "train" / "train_maskgit.py"
-FSQ = {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
-       "quantizer": "fsq", "fsq_levels": [5, 5, 5], "num_frames": 5}
+FSQ = TINY_TOKENIZER
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -429,14 +429,6 @@ def test_killed_at_random_moments_resumes_exactly(tmp_path, reference):
     assert_identical(trained_state(out, 6), reference)
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    from phenaki.models.cvivit import CViViT
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tok") / "final"
-    CViViT(TokenizerConfig(**FSQ)).save_pretrained(path)
-    return path
 
 
 @pytest.mark.slow

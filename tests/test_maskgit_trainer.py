@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_TOKENIZER
 
 from phenaki.checkpoint import load_state_dict
 from phenaki.config import Config, TokenizerConfig, from_dict
@@ -17,16 +18,9 @@ from phenaki.training.token_cache import (
 )
 from phenaki.video import frames_to_pixels
 
-TOKENIZER = {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
-             "quantizer": "fsq", "fsq_levels": [5, 5, 5], "num_frames": 5}
+TOKENIZER = TINY_TOKENIZER
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tok") / "final"
-    CViViT(TokenizerConfig(**TOKENIZER)).save_pretrained(path)
-    return path
 
 
 def config(out, steps=4):
