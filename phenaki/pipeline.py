@@ -349,7 +349,7 @@ class Phenaki:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         started = time.perf_counter()
         videos = self._run_story(requests, run, generator, prime, num_samples,
-                                 _StepReporter(progress, callback, requests[0], run, self))
+                                 _StepReporter(progress, callback, requests[0]))
         seconds = time.perf_counter() - started
         recorded_seed = seed if generator.initial_seed() == seed else None  # a caller's generator: its seed
         for index, video in enumerate(videos):
@@ -507,11 +507,10 @@ class _StepReporter:
     """After every decoding step: the progress bar or callback of steps done, and the step callback,
     which may stop the run."""
 
-    def __init__(self, progress: bool | Progress, callback: StepCallback | None, requests: list[SceneRequest],
-                 run: SamplingSettings, pipe: "Phenaki") -> None:
+    def __init__(self, progress: bool | Progress, callback: StepCallback | None, requests: list[SceneRequest]) -> None:
         self.progress, self.callback = progress, callback
         self.done, self.total, self.windows = 0, 0, [1] * len(requests)
-        self.report = None
+        self.report: Callable[..., None] = lambda *args, **kwargs: None
         self.steps = [r.settings.steps for r in requests]
 
     def start(self, plan: list[tuple[SceneRequest, list[int]]]) -> None:
@@ -525,7 +524,7 @@ class _StepReporter:
         self.done += self.steps[scene]
 
         def hook(step: int, steps: int, ids: torch.Tensor) -> None:
-            self.report(base + step, scene + 1)  # type: ignore[misc]
+            self.report(base + step, scene + 1)
             if self.callback is not None:
                 info = StepInfo(scene + 1, len(self.windows), window + 1, self.windows[scene], step, steps, ids)
                 if self.callback(info) is True:
@@ -534,7 +533,7 @@ class _StepReporter:
         return hook
 
     def close(self) -> None:
-        self.report(self.total, len(self.windows), close=True)  # type: ignore[misc]
+        self.report(self.total, len(self.windows), close=True)
 
 
 def _load_part(folder: Path, load: Callable[[], Any]) -> Any:
