@@ -191,9 +191,14 @@ def resolve_folder(name_or_path: str | Path | None, revision: str | None = None)
             raise CheckpointError(f"{path}: a revision ({revision}) applies to Hub repo ids, not to local folders")
         return path
     name = str(name_or_path)
-    if name.count("/") != 1 or name.startswith((".", "/", "~")) or path.suffix:
+    if not is_repo_id(name):
         raise CheckpointError(f"{name}: no such folder (and not a Hub repo id of the form org/name)")
     return _hub_snapshot(name, revision)
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether a name that is not a folder has the shape of a Hub repo id (org/name)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).suffix
 
 
 def _hub_snapshot(repo_id: str, revision: str | None) -> Path:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .utils.fileio import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 RECORD_NAME = "checksums.json"
@@ -60,11 +62,7 @@ def record_folder(folder: str | Path) -> Path:
     files = {p.relative_to(folder).as_posix(): {"sha256": file_sha256(p), "size": p.stat().st_size}
              for p in _listed_files(folder)}
     record = {"format": FORMAT, "files": files, "list_sha256": _list_digest(files)}
-    path = folder / RECORD_NAME
-    tmp = folder / f".{RECORD_NAME}.tmp"
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(folder / RECORD_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:

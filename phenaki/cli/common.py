@@ -33,7 +33,9 @@ def check_model_ref(value: str | None, hint: str = "--checkpoint") -> None:
     """A model is a folder or a Hub repo id (org/name); anything else is a usage error, before any loading."""
     if value is None or Path(value).is_dir():
         return
-    if value.count("/") != 1 or value.startswith((".", "/", "~")) or Path(value).suffix:
+    from ..checkpoint import is_repo_id
+
+    if not is_repo_id(value):
         raise click.BadParameter(f"model folder not found: {value} (give a folder or a Hub repo id org/name)",
                                  param_hint=hint)
 
