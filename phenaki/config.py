@@ -170,8 +170,13 @@ class DataConfig:
     context_frames: int = 5
     straddle_prob: float = 0.5
     image_prob: float = 0.0
-    holdout_combinations: list[list[str]] = field(default_factory=list)
+    shapes_version: int = 1  # 1: one object (docs/shapes.md); 2: two objects and events (docs/shapes2.md)
+    holdout_combinations: list[list[str]] = field(default_factory=list)  # [colour, shape, verb]
+    holdout_pairings: list[list[str]] = field(default_factory=list)  # v2: [verb, verb] never in one scene
     holdout_phrasings: list[str] = field(default_factory=list)
+    max_scenes: int = 4  # v2: a straddling clip ends a story of 2..max_scenes scenes
+    one_object_prob: float = 0.25  # v2: share of v1 stories (one object that moves and changes colour)
+    two_clause_prob: float = 0.5  # v2: share of scenes with two clauses, where two fit
     num_workers: int = 0
     shuffle_buffer: int = 1000  # samples shuffled together when streaming shards
     seed: int = 0
@@ -183,8 +188,17 @@ class DataConfig:
         for combo in self.holdout_combinations:
             if len(combo) != 3:
                 raise ConfigError(
-                    f"data.holdout_combinations entry {combo!r} must be [colour, shape, direction]"
+                    f"data.holdout_combinations entry {combo!r} must be [colour, shape, direction or verb]"
                 )
+        if self.shapes_version not in (1, 2):
+            raise ConfigError(f"data.shapes_version must be 1 or 2, got {self.shapes_version!r}")
+        if self.shapes_version == 1 and self.holdout_pairings:
+            raise ConfigError("data.holdout_pairings needs data.shapes_version: 2 (v1 scenes have one clause)")
+        if self.max_scenes < 2:
+            raise ConfigError(f"data.max_scenes must be >= 2, got {self.max_scenes}")
+        for name in ("one_object_prob", "two_clause_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"data.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 @dataclass

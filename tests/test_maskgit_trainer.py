@@ -170,6 +170,29 @@ def test_fine_tunes_an_exported_pipeline(tmp_path, tokenizer_dir):
         train_maskgit(cfg, tokenizer_dir, progress=False)
 
 
+def test_fine_tunes_a_v1_pipeline_on_the_v2_world(tmp_path, tokenizer_dir):
+    """A v1 pipeline fine-tuned on v2 clips learns the new words and reads longer prompts; v1 prompts keep
+    their encoding (the known words' embeddings are untouched before the first update)."""
+    first = train_maskgit(config(tmp_path / "a", steps=1), tokenizer_dir, progress=False)
+    cfg = config(tmp_path / "b", steps=1)
+    cfg.data.shapes_version = 2
+    cfg.data.context_frames = 3
+    cfg.text.max_length = 32
+    cfg.train_maskgit.init_from = str(first)
+    cfg.train_maskgit.lr = 0.0
+    cfg.train_maskgit.ema_decay = 0.0
+    second = train_maskgit(cfg, tokenizer_dir, progress=False)
+    old = TextEncoder.from_pretrained(first / "text_encoder")
+    new = TextEncoder.from_pretrained(second / "text_encoder")
+    assert new.max_length == 32 and old.max_length < 32
+    v2 = "a green triangle enters from the left and a red ball moves right"
+    assert old.unknown_words(v2)[0] and new.unknown_words(v2) == ([], True)
+    seen = set(old.tokenizer.get_vocab())
+    v1 = next(p for p in ("the blue box rises", "a red ball moves right", "the red disc sinks", "a green square falls")
+              if all(w in seen for w in p.split()))
+    torch.testing.assert_close(new.encode([v1])[0], old.encode([v1])[0])
+
+
 def test_trains_a_token_critic_onto_an_exported_pipeline(tmp_path, tokenizer_dir):
     """critic_only: the export gains a critic; the generator and text encoder come back bit for bit."""
     from phenaki.pipeline import Phenaki

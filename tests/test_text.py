@@ -345,6 +345,34 @@ def test_dropped_unknown_words_do_not_count_towards_the_length(shapes_config: Te
     assert len(ids) == 16 and ids[-1].item() == enc.tokenizer.eos_token_id
 
 
+def test_scratch_vocabulary_grows_without_changing_known_prompts(shapes_config: TextConfig, tmp_path: Path) -> None:
+    """A fine-tune on a larger world adds its words; prompts the encoder already read encode as before."""
+    torch.manual_seed(0)
+    enc = TextEncoder.scratch(SHAPES, shapes_config).eval()
+    known = ["a red circle moves left.", "A BLUE square, then down"]
+    before, before_mask = enc.encode(known)
+    size = len(enc.tokenizer)
+    added = enc.extend_vocabulary(["a red circle enters from the left", "the blue square grows and waits"])
+    assert added == ["enters", "from", "the", "grows", "and", "waits"]
+    assert len(enc.tokenizer) == size + 6 and enc.model.get_input_embeddings().weight.shape[0] == size + 6
+    assert enc.extend_vocabulary(known) == []
+    after, after_mask = enc.encode(known)
+    assert torch.equal(after_mask, before_mask) and torch.equal(after, before)
+    assert enc.unknown_words("the red circle enters from the left") == ([], True)
+    loaded = TextEncoder.from_pretrained(enc.save_pretrained(tmp_path / "grown")).eval()
+    assert loaded.unknown_words("a blue square grows") == ([], True)
+    torch.testing.assert_close(loaded.encode(known)[0], before)
+    enc.max_length = 40
+    assert enc.max_length == 40
+    with pytest.raises(ValueError, match="max_length"):
+        enc.max_length = 0
+
+
+def test_only_scratch_vocabularies_grow(t5_dir: Path) -> None:
+    with pytest.raises(ValueError, match="only a scratch text encoder"):
+        TextEncoder.from_pretrained(t5_dir).extend_vocabulary(["a red circle grows"])
+
+
 def test_scratch_round_trip(shapes_config: TextConfig, tmp_path: Path) -> None:
     torch.manual_seed(0)
     enc = TextEncoder.scratch(SHAPES, shapes_config).eval()

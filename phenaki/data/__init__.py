@@ -17,6 +17,18 @@ if TYPE_CHECKING:  # pragma: no cover
 def build_dataset(data: "DataConfig", split: str = "train", *, num_samples: int | None = None,
                   seed_offset: int = 0) -> "Dataset":
     """The dataset a config describes; `split` is train / heldout / all (Shapes only)."""
+    if data.kind == "shapes" and data.shapes_version == 2:
+        from . import shapes2
+
+        holdout2 = shapes2.holdout_from_config(data)
+        if split == "heldout" and holdout2 is None:
+            split = "all"
+        return shapes2.ShapesDataset(
+            num_samples=num_samples or data.num_samples, num_frames=data.num_frames, seed=data.seed + seed_offset,
+            holdout=holdout2, split=split, straddle_prob=data.straddle_prob, context_frames=data.context_frames,
+            image_prob=data.image_prob if split == "train" else 0.0, max_scenes=data.max_scenes,
+            one_object_prob=data.one_object_prob, two_clause_prob=data.two_clause_prob,
+        )
     if data.kind == "shapes":
         from .shapes import ShapesDataset, holdout_from_config
 

@@ -173,6 +173,20 @@ def _parse(prompt: str) -> tuple[ParsedPrompt, str, str]:
         text = text[:-1].rstrip()
     tokens = text.split()
     grammar = "'{det} {colour} {shape} {motion}', e.g. 'a red ball moves right'"
+    misplaced, missing = prompt_errors(shown, grammar)
+    if not tokens:
+        raise PromptError(f"empty prompt; expected {grammar}")
+    check_subject(tokens, misplaced, missing)
+    motion = tokens[3:]
+    if not motion:
+        raise missing(f"a motion phrase ({_options(PHRASE_TO_DIRECTION)})")
+    phrase = _match_motion(motion, misplaced, missing)
+    parsed = ParsedPrompt(tokens[1], WORD_TO_SHAPE[tokens[2]], PHRASE_TO_DIRECTION[phrase])
+    return parsed, tokens[2], phrase
+
+
+def prompt_errors(shown: str, grammar: str) -> tuple[Callable[[str, str], PromptError], Callable[[str], PromptError]]:
+    """The two errors a parser raises, both quoting the prompt: a word out of place, a part missing."""
 
     def misplaced(word: str, expected: str) -> PromptError:
         return PromptError(f"could not place {word!r} in {shown!r}: expected {expected}")
@@ -180,8 +194,12 @@ def _parse(prompt: str) -> tuple[ParsedPrompt, str, str]:
     def missing(what: str) -> PromptError:
         return PromptError(f"prompt {shown!r} is missing {what}; expected {grammar}")
 
-    if not tokens:
-        raise PromptError(f"empty prompt; expected {grammar}")
+    return misplaced, missing
+
+
+def check_subject(tokens: list[str], misplaced: Callable[[str, str], PromptError],
+                  missing: Callable[[str], PromptError]) -> None:
+    """A clause opens with ``{det} {colour} {shape word}``: name the first word that does not fit."""
     if tokens[0] not in DETERMINERS:
         raise misplaced(tokens[0], f"a determiner ({_options(DETERMINERS)})")
     if len(tokens) < 2:
@@ -192,12 +210,6 @@ def _parse(prompt: str) -> tuple[ParsedPrompt, str, str]:
         raise missing(f"a shape word ({_options(WORD_TO_SHAPE)})")
     if tokens[2] not in WORD_TO_SHAPE:
         raise misplaced(tokens[2], f"a shape word ({_options(WORD_TO_SHAPE)})")
-    motion = tokens[3:]
-    if not motion:
-        raise missing(f"a motion phrase ({_options(PHRASE_TO_DIRECTION)})")
-    phrase = _match_motion(motion, misplaced, missing)
-    parsed = ParsedPrompt(tokens[1], WORD_TO_SHAPE[tokens[2]], PHRASE_TO_DIRECTION[phrase])
-    return parsed, tokens[2], phrase
 
 
 def _match_motion(
@@ -538,6 +550,25 @@ def _paint(mask: torch.Tensor, positions: torch.Tensor, colours: torch.Tensor) -
 # --------------------------------------------------------------------------- dataset
 
 
+def check_clip_settings(num_samples: int, num_frames: int, split: str, context_frames: int,
+                        **probabilities: float) -> None:
+    """Validate a Shapes dataset's clip settings once, naming the bad one."""
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    for name, prob in probabilities.items():
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {prob}")
+    if probabilities.get("straddle_prob", 0) > 0 and not 0 < context_frames < num_frames:
+        raise ValueError(
+            f"straddling clips need 0 < context_frames < num_frames, got "
+            f"context_frames={context_frames}, num_frames={num_frames}"
+        )
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {_options(SPLITS)}")
+
+
 class ShapesDataset(Dataset):
     """Map-style dataset of Shapes clips; item ``i`` depends only on ``(seed, i)``.
 
@@ -563,20 +594,8 @@ class ShapesDataset(Dataset):
         context_frames: int = 5,
         image_prob: float = 0.0,
     ) -> None:
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        for name, prob in (("straddle_prob", straddle_prob), ("image_prob", image_prob)):
-            if not 0.0 <= prob <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {prob}")
-        if straddle_prob > 0 and not 0 < context_frames < num_frames:
-            raise ValueError(
-                f"straddling clips need 0 < context_frames < num_frames, got "
-                f"context_frames={context_frames}, num_frames={num_frames}"
-            )
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; expected one of {_options(SPLITS)}")
+        check_clip_settings(num_samples, num_frames, split, context_frames, straddle_prob=straddle_prob,
+                            image_prob=image_prob)
         if not any(_allowed_scenes(s, holdout, split) for s in SHAPES):
             raise ValueError(f"hold-out {holdout!r} leaves no scene for split {split!r}")
         self.num_samples = num_samples
@@ -588,6 +607,9 @@ class ShapesDataset(Dataset):
         self.context_frames = context_frames
         self.image_prob = image_prob
 
+    rng_name = "shapes"
+    """Names the domain in each item's RNG seed, so two domains' datasets draw different streams."""
+
     def __len__(self) -> int:
         return self.num_samples
 
@@ -597,7 +619,7 @@ class ShapesDataset(Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} out of range for {self.num_samples} samples")
         # str seeds hash with sha512: stable across processes and PYTHONHASHSEED
-        rng = random.Random(f"shapes:{self.seed}:{index}")
+        rng = random.Random(f"{self.rng_name}:{self.seed}:{index}")
         if rng.random() < self.image_prob:
             return self._single(rng, 1)
         if rng.random() < self.straddle_prob:

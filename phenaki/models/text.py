@@ -558,6 +558,14 @@ class TextEncoder(nn.Module):
         """Most tokens per prompt (longer prompts are truncated)."""
         return self._max_length
 
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        """A longer limit lets a fine-tune read longer prompts (T5's relative positions need no new weights)."""
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_length must be a positive integer, got {value!r}")
+        self._max_length = value
+        self._warned.clear()
+
     @property
     def trainable(self) -> bool:
         """Whether the encoder is trained with the transformer (then it is never cached)."""
@@ -649,6 +657,42 @@ class TextEncoder(nn.Module):
         pieces = list(zip(row["input_ids"][0], row["offset_mapping"][0]))
         unknown = list(dict.fromkeys(prompt[a:b] for i, (a, b) in pieces if i == unk))
         return unknown, any(i != unk for i, _ in pieces)
+
+    def extend_vocabulary(self, captions: Iterable[str]) -> list[str]:
+        """Add the words of `captions` a scratch encoder does not know; returns them, in first-seen order.
+
+        Fine-tuning on a larger world (new verbs, new objects) needs its words: existing ids
+        keep their embeddings, new ones get rows initialised near the old ones' mean, so the
+        prompts the encoder already reads encode exactly as before.
+        """
+        if self.kind != "scratch":
+            raise ValueError("only a scratch text encoder (a closed, word-level vocabulary) can be extended; "
+                             f"{self.name} reads any word through its own sub-word vocabulary")
+        new_words: dict[str, None] = {}
+        for caption in _nonempty(captions):
+            for word in self.unknown_words(caption)[0]:
+                new_words[word.lower()] = None
+        if not new_words:
+            return []
+        from tokenizers import Tokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        spec = json.loads(self.tokenizer.backend_tokenizer.to_str())
+        vocab = spec["model"]["vocab"]
+        for word in new_words:
+            vocab[word] = len(vocab)
+        old = self.tokenizer
+        self.tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer.from_str(json.dumps(spec)), pad_token=old.pad_token, unk_token=old.unk_token,
+            eos_token=old.eos_token, model_max_length=old.model_max_length, padding_side=old.padding_side,
+            truncation_side=old.truncation_side,
+        )
+        self.model.resize_token_embeddings(len(self.tokenizer))
+        self.model.requires_grad_(self._trainable)
+        self._fingerprint = None
+        self._warned.clear()
+        log.info("text vocabulary extended by %d words: %s", len(new_words), ", ".join(new_words))
+        return list(new_words)
 
     def _probe(self, folder: Path) -> None:
         """Tokenise an empty prompt once, so a tokenizer whose settings are damaged fails at loading,

@@ -99,7 +99,8 @@ class MaskGitTrainer(Trainer):
 
         Fine-tuning starts new optimiser and schedule state from the pipeline's weights, so a
         run whose full checkpoint is gone (only the exported model is left) can still go on;
-        the pipeline's architecture and text vocabulary replace the config's.
+        the pipeline's architecture and text vocabulary replace the config's (a scratch
+        vocabulary grows by the training captions' new words).
         """
         init_from = config.train_maskgit.init_from
         if config.train_maskgit.critic_only and init_from is None:
@@ -120,6 +121,8 @@ class MaskGitTrainer(Trainer):
                              f"{root / 'tokenizer'})")
         trainable = config.text.kind == "scratch" or config.text.trainable
         text = pipeline_text_encoder(root, settings, trainable=trainable, cache_dir=config.text.cache_dir)
+        if text.kind == "scratch" and trainable:
+            text.extend_vocabulary(captions)  # a larger world brings new words; known ones keep their ids
         maskgit = MaskGit.from_pretrained(root / "transformer")
         if config.train_maskgit.critic_only and not maskgit.has_critic:
             log.info("critic_only: adding a fresh token critic to the generator of %s", root)
@@ -127,8 +130,10 @@ class MaskGitTrainer(Trainer):
         if maskgit.config != config.transformer:
             log.info("transformer architecture taken from %s (init_from), not from the config", root)
             config.transformer = maskgit.config
+        longest = max(config.text.max_length, text.max_length)  # a fine-tune may read longer prompts
         if settings.get("text"):
             config.text = from_dict(type(config.text), settings["text"], "text")
+        text.max_length = config.text.max_length = longest
         log.info("fine-tuning from %s (trained %s steps)", root, settings.get("training", {}).get("steps", "?"))
         return maskgit, text
 
