@@ -595,8 +595,14 @@ def _place_appear(rng: random.Random, d: int, others: list[_Body]) -> tuple[int,
         x = rng.randint(0, limit)
         y = rng.randint(0, limit)
         return x, y
-    spots = [(x, y) for x in range(limit + 1) for y in range(limit + 1)
-             if all(_gap((x, y, d), o.box()) >= APPEAR_GAP for o in others)]
+    xs = torch.arange(limit + 1).view(-1, 1)
+    ys = torch.arange(limit + 1).view(1, -1)
+    ok = torch.ones(limit + 1, limit + 1, dtype=torch.bool)
+    for o in others:  # _gap over the whole grid of top-left corners at once
+        ox, oy, od = o.box()
+        gap = torch.maximum(torch.maximum(ox - (xs + d), xs - (ox + od)), torch.maximum(oy - (ys + d), ys - (oy + od)))
+        ok &= gap >= APPEAR_GAP
+    spots = [tuple(p) for p in ok.nonzero().tolist()]  # x-major, like the loops it replaces
     return rng.choice(spots) if spots else (rng.randint(0, limit), rng.randint(0, limit))
 
 
