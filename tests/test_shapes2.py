@@ -95,6 +95,7 @@ def test_parse_errors_name_the_word(prompt: str, word: str) -> None:
           "the green disc vanishes and a cyan disc appears"], "at most 3"),
         (["a red ball waits", "the red ball enters from the left"], "already on screen"),
         (["a red ball turns blue"], "to turn blue"),
+        (["a red ball waits", "a blue ball moves up and a red ball vanishes"], "to vanish"),
     ],
 )
 def test_impossible_stories_say_why(story: list[str], why: str) -> None:

@@ -87,6 +87,9 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
 @click.option("--scenes", type=click.IntRange(min=1), default=3, show_default=True, help="Scenes per story.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Take held-out combinations and phrasings from this config's data section.")
+@click.option("--domain", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="Shapes domain of the stories: 1 (one object, docs/shapes.md) or 2 (two objects and events, "
+                   "docs/shapes2.md; also reports clauses per verb and scenes per clause count).")
 @click.option("--heldout-fraction", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Share of stories drawn from the held-out split (needs --config naming hold-outs).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None,
@@ -99,7 +102,10 @@ def eval_tokenizer(checkpoint: Path, data: str, config_path: Path | None, clips:
               help="Judge the checkpoint's tokenizer reconstructions of the true renders, in the story loop's "
                    "windows, instead of generating: the most any generator on that tokenizer can score.")
 def eval_shapes(**options: Any) -> None:
-    """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out)."""
+    """Text faithfulness on random Shapes stories, judged from pixels (seen vs held-out).
+
+    With --domain 2 the stories are v2's (two objects, events), judged clause by clause.
+    """
     import json
 
     import torch
@@ -111,7 +117,18 @@ def eval_shapes(**options: Any) -> None:
     overrides = settings_overrides(options)
     checkpoint, config_path = options["checkpoint"], options["config_path"]
     check_model_ref(checkpoint)
-    holdout = holdout_of(config_path)
+    domain = options["domain"]
+    if domain == 2:
+        from ..evaluation.judge2 import evaluate_shapes2 as evaluate
+        from ..evaluation.judge2 import format_shapes2_table as format_table
+        from ..evaluation.judge2 import tokenizer_ceiling2 as Ceiling
+
+        holdout = _holdout2(config_path)
+    else:
+        from ..evaluation.ceiling import TokenizerCeiling as Ceiling
+
+        evaluate, format_table = evaluate_shapes, format_shapes_table
+        holdout = holdout_of(config_path)
     if config_path is not None and holdout is None:
         click.echo(f"note: {config_path} names no held-out combinations or phrasings; "
                    "every story comes from the train split", err=True)
@@ -124,15 +141,13 @@ def eval_shapes(**options: Any) -> None:
     except (PipelineError, CheckpointError, FileNotFoundError) as exc:
         raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
     if options["tokenizer_ceiling"]:
-        from ..evaluation.ceiling import TokenizerCeiling
-
         s = pipe.sampling.replace(**overrides)
         autocast = None if pipe.dtype == torch.float32 else pipe.dtype  # decode as the pipeline does
-        pipe = TokenizerCeiling(pipe.tokenizer, first_frames=s.first_frames, scene_frames=s.scene_frames,
+        pipe = Ceiling(pipe.tokenizer, first_frames=s.first_frames, scene_frames=s.scene_frames,
                                 context_frames=s.context_frames, autocast=autocast)
     with tqdm(total=options["stories"], desc="stories", unit="story") as bar:
         try:
-            result = evaluate_shapes(pipe, options["stories"], options["seed"], num_scenes=options["scenes"],
+            result = evaluate(pipe, options["stories"], options["seed"], num_scenes=options["scenes"],
                                      holdout=holdout, heldout_fraction=options["heldout_fraction"],
                                      progress=bar.update, generate_kwargs=overrides,
                                      negative_previous=options["negative_previous"])
@@ -140,10 +155,23 @@ def eval_shapes(**options: Any) -> None:
             raise click.ClickException(str(exc)) from None
     result["checkpoint"] = str(checkpoint)
     result["tokenizer_ceiling"] = options["tokenizer_ceiling"]
-    click.echo(format_shapes_table(result))
+    click.echo(format_table(result))
     if options["json_out"] is not None:
         atomic_write_text(options["json_out"], json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {options['json_out']}")
+
+
+def _holdout2(config_path: Path | None) -> Any:
+    """The v2 hold-outs (combinations, pairings, phrasings) a config's data section names."""
+    if config_path is None:
+        return None
+    from ..config import ConfigError, load_config
+    from ..data.shapes2 import holdout_from_config
+
+    try:
+        return holdout_from_config(load_config(config_path).data)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--config") from None
 
 
 @eval_main.command("compare")

@@ -477,9 +477,9 @@ class _Interpreter:
         if len(self.known) >= MAX_CREATED:
             raise StoryError(f"{where}: creating {subject} would make a fourth object; a story creates at most "
                              f"{MAX_CREATED}")
-        if clause.action.verb == "turn":
-            raise StoryError(f"{where}: there is no {clause.colour} {clause.shape} on screen to turn "
-                             f"{clause.action.colour}")
+        if clause.action.verb in ("turn", "vanish"):  # nothing to change or remove: a slip, not a creation
+            what = f"turn {clause.action.colour}" if clause.action.verb == "turn" else "vanish"
+            raise StoryError(f"{where}: there is no {clause.colour} {clause.shape} on screen to {what}")
         self._check_colour_free(clause.colour, -1, where, f"cannot create {subject}")
         anchor = None
         if clause.action.verb == "beside":

@@ -24,10 +24,17 @@ class ComparisonError(ValueError):
     """The two results cannot be compared (different stories, or not evaluation results)."""
 
 
+def _criteria(result: dict[str, Any]) -> list[str]:
+    """The criteria a result's scenes carry: its own ``criteria`` list (v2 results), else v1's."""
+    named = result.get("criteria") if isinstance(result, dict) else None
+    return list(named) if isinstance(named, list) and named else list(CRITERIA)
+
+
 def story_verdicts(result: dict[str, Any], criterion: str, group: str = "all") -> list[list[bool | None]]:
     """Per story, the `criterion` verdict of each scene (None where it does not apply)."""
-    if criterion not in CRITERIA:
-        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(CRITERIA)}")
+    criteria = _criteria(result)
+    if criterion not in criteria:
+        raise ValueError(f"unknown criterion {criterion!r}; expected one of {', '.join(criteria)}")
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; expected one of {', '.join(GROUPS)}")
     wanted = {"all": None, "seen": "train", "heldout": "heldout"}[group]
@@ -88,10 +95,14 @@ def _check_same_stories(a: dict[str, Any], b: dict[str, Any]) -> None:
 def compare_results(a: dict[str, Any], b: dict[str, Any], rounds: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Per group and criterion: both rates, B - A with its paired 95% interval, scenes gained and lost."""
     _check_same_stories(a, b)
+    criteria = _criteria(a)
+    if _criteria(b) != criteria:
+        raise ComparisonError(f"A was judged on {', '.join(criteria)} and B on {', '.join(_criteria(b))}; "
+                              "compare results of the same domain")
     table: dict[str, dict[str, Any]] = {}
     for group in GROUPS:
         rows: dict[str, Any] = {}
-        for name in CRITERIA:
+        for name in criteria:
             va, vb = story_verdicts(a, name, group), story_verdicts(b, name, group)
             scenes = [(x, y) for sx, sy in zip(va, vb) for x, y in zip(sx, sy) if x is not None and y is not None]
             found = paired_difference(va, vb, rounds=rounds, seed=seed)
@@ -121,8 +132,7 @@ def format_comparison(comparison: dict[str, Any], group: str = "all") -> str:
     rows = comparison["groups"][group]["criteria"]
     head = ["", "A", "B", "B - A", "95% CI", "gained", "lost"]
     lines = []
-    for name in CRITERIA:
-        row = rows[name]
+    for name, row in rows.items():
         if row is None:
             lines.append([name, "-", "-", "-", "-", "-", "-"])
             continue
