@@ -3,6 +3,9 @@
     accelerate launch --config_file configs/accelerate/cpu_2proc.yaml tests/distributed_run.py \
         tokenizer OUT [--stop-at N] [--resume] [--tokenizer DIR]
 
+Also run by tests/test_fsdp.py (cpu_2proc_fsdp.yaml) and tests/test_multinode.py (two
+accelerate machine ranks), and by bench/gpu_check.sh on a GPU.
+
 Trains a tiny model with the project's trainer exactly as the train scripts do, and
 each process then writes what the test checks: the dataset indices it read, and its
 final weights (rank-R.json, rank-R.safetensors).
@@ -20,7 +23,7 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from phenaki.config import Config, from_dict
-from phenaki.training.base import cpu_only
+from phenaki.training.base import cpu_only, full_state_dict
 
 TOKENIZER = {"dim": 32, "spatial_depth": 1, "temporal_depth": 1, "heads": 2, "dim_head": 16,
              "quantizer": "vq", "codebook_size": 64, "codebook_dim": 8, "num_frames": 5}
@@ -89,15 +92,16 @@ def main() -> None:
         dataset = Recording(TokenDataset(cache))
         trainer = MaskGitTrainer(cfg, args.tokenizer, training_captions(dataset.inner), progress=False)
     trainer.fit(dataset, resume="latest" if args.resume else None, stop_at=args.stop_at)
+    # under FSDP the whole weights are gathered on the main process only (the others report none)
+    states = {name: full_state_dict(trainer.accelerator, module) if trainer.sharded
+              else trainer.accelerator.unwrap_model(module).state_dict() for name, module in trainer.modules.items()}
     weights = {f"{name}.{key}": value.detach().float().clone()
-               for name, module in trainer.modules.items()
-               for key, value in trainer.accelerator.unwrap_model(module).state_dict().items()
-               if value.is_floating_point()}
+               for name, state in states.items() for key, value in state.items() if value.is_floating_point()}
     rank = state.process_index
     save_file(weights, str(args.out / f"rank-{rank}.safetensors"))
     (args.out / f"rank-{rank}.json").write_text(json.dumps({
         "indices": dataset.indices, "num_processes": state.num_processes, "step": trainer.step,
-        "is_main": state.is_main_process,
+        "is_main": state.is_main_process, "sharded": trainer.sharded,
     }))
 
 

@@ -25,10 +25,10 @@ HELPER = ROOT / "tests" / "distributed_run.py"
 LAUNCH_CONFIG = ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
 
 
-def launch(which: str, out: Path, *extra: str) -> None:
+def launch(which: str, out: Path, *extra: str, config: Path = LAUNCH_CONFIG) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     port = str(29600 + (abs(hash(str(out))) % 300))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH_CONFIG),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
            "--main_process_port", port, str(HELPER), which, str(out), *extra]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

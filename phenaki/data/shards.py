@@ -12,6 +12,14 @@ This module adds what is ours: decoding a sample into a clip of the configured
 frames, fps and size (the same rules as the folder dataset), a count of the samples
 skipped as corrupt, and the shard writer.
 
+Shards may live anywhere webdataset reads: local paths, `http://` and `https://` URLs
+(fetched with `curl`, which webdataset runs), `pipe:COMMAND` (a command writing the tar
+to stdout, e.g. `pipe:aws s3 cp s3://bucket/shard-000000.tar -`), and the other schemes of
+webdataset's `gopen` (`gs:`, `hf:`, `ais:`, `sftp:`, ...). Any other scheme (`s3://`,
+`gcs://`, `az://`, ...) is opened through fsspec when fsspec and that scheme's library
+(s3fs, gcsfs, adlfs) are installed. A shard that cannot be opened or breaks off mid-download
+is skipped with a warning and counted (`ShardDataset.failed_shards`); the run goes on.
+
 Streaming has no random access, so a resumed run continues with a fresh shuffle of
 the shards rather than replaying the exact sample order (map-style datasets resume
 exactly).
@@ -25,6 +33,8 @@ import logging
 import os
 import random
 import re
+import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Literal
@@ -42,10 +52,52 @@ VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "gif")
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp")
 SHARD_NAME = "shard-{:06d}.tar"
 _BRACES = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]+):")  # two letters at least: `C:\\` is a drive
+
+
+def url_scheme(part: str) -> str | None:
+    """The scheme of a shard URL (`http`, `pipe`, `s3`, ...), None for a local path."""
+    match = _SCHEME.match(part)
+    return match.group(1).lower() if match else None
+
+
+def check_scheme(url: str) -> None:
+    """Make sure a shard URL can be opened: webdataset's own schemes, else fsspec's (registered
+    with webdataset here). Anything else is a `DatasetError` naming the scheme and what to install."""
+    from webdataset.gopen import gopen_schemes
+
+    scheme = url_scheme(url)
+    if scheme in ("http", "https", "sftp", "ftps", "scp") and shutil.which("curl") is None:
+        raise DatasetError(f"cannot read shards from {url!r}: webdataset fetches {scheme} URLs with curl, "
+                           "which is not installed (e.g. apt-get install curl)")
+    if scheme is None or scheme == "file" or scheme in gopen_schemes:
+        return
+    try:
+        import fsspec
+    except ImportError:
+        raise DatasetError(f"cannot read shards from {url!r}: the scheme {scheme!r} needs fsspec "
+                           f"(pip install fsspec and its {scheme} library, e.g. s3fs for s3://)") from None
+    try:
+        fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as exc:
+        raise DatasetError(f"cannot read shards from {url!r}: fsspec cannot open {scheme!r} here "
+                           f"({' '.join(str(exc).split())[:200]})") from None
+    gopen_schemes[scheme] = _gopen_fsspec
+
+
+def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any) -> Any:
+    """webdataset's opener for schemes it leaves to fsspec (s3://, gcs://, az://, ...)."""
+    import fsspec
+
+    return fsspec.open(url, mode).open()
 
 
 def expand_urls(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Shard paths from globs, `{000000..000009}` ranges, comma-separated lists or a list."""
+    """Shard paths from globs, `{000000..000009}` ranges, comma-separated lists or a list.
+
+    URLs (`https://host/shard-{000000..000099}.tar`, `pipe:...`, `s3://...`) are expanded
+    by their ranges only: nothing is listed or checked on the server before it is read, but
+    a scheme nothing here can read is an error now rather than at the first step."""
     items = [spec] if isinstance(spec, str) else list(spec)
     parts = [p.strip() for item in items for p in str(item).split(",") if p.strip()]
     out: list[str] = []
@@ -57,7 +109,10 @@ def expand_urls(spec: str | list[str] | tuple[str, ...]) -> list[str]:
             for n in range(int(lo), int(hi) + 1):
                 out.extend(expand_urls(part[: match.start()] + str(n).zfill(width) + part[match.end():]))
             continue
-        if any(c in part for c in "*?["):
+        if url_scheme(part) not in (None, "file"):
+            check_scheme(part)
+            out.append(part)
+        elif any(c in part for c in "*?["):
             found = sorted(glob.glob(os.path.expanduser(part)))
             if not found:
                 raise DatasetError(f"no shards match {part!r}")
@@ -166,6 +221,7 @@ class ShardDataset(IterableDataset):
         self.epochs = epochs
         self.start_epoch = 0
         self.skipped = 0  # corrupt samples skipped by this process (per worker copy)
+        self.failed_shards = 0  # shards that could not be opened or broke off while read
         # read in the main process: DataLoader workers (spawned ones too) inherit these
         self.rank, self.world = _rank_world()
 
@@ -200,7 +256,12 @@ class ShardDataset(IterableDataset):
 
     def _tar_error(self, exc: Exception) -> bool:
         self.skipped += 1
-        log.warning("skipping a broken shard member: %s", exc)
+        if isinstance(exc, (OSError, tarfile.TarError, EOFError)):  # the shard itself: unreachable, cut off
+            self.failed_shards += 1
+            log.warning("skipping the rest of a shard that could not be read (%d so far): %s", self.failed_shards,
+                        " ".join(str(exc).split())[:300])
+        else:
+            log.warning("skipping a broken shard member: %s", exc)
         return True  # keep going
 
     def decode(self, sample: dict[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -260,4 +321,4 @@ def _scratch_dir() -> str | None:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
-__all__ = ["ShardDataset", "expand_urls", "write_shards"]
+__all__ = ["ShardDataset", "check_scheme", "expand_urls", "url_scheme", "write_shards"]

@@ -17,7 +17,14 @@ to compute a loss and a preview. Everything that makes a run trustworthy lives h
   (temporary files, a checkpoint set aside mid-swap) is cleaned up or put back when
   the next run starts; a checkpoint that cannot be written (a full disk) is a
   `CheckpointWriteError` naming it, with the earlier checkpoints untouched;
-- only the main process writes checkpoints, previews and logs.
+- only the main process writes checkpoints, previews and logs;
+- FSDP runs (accelerate's FSDP plugin) save and resume completely too: each process writes its
+  shard of the model, the optimiser state and the EMA through accelerate's FSDP checkpoint
+  functions (torch.distributed.checkpoint), the rest is written as above, and the final model
+  is gathered into the usual single-file export. torch.distributed.checkpoint reads each
+  part's index (`.metadata`) with pickle, so those files' hashes are recorded in the
+  checkpoint and checked before anything is read. On a machine without CUDA, an FSDP launch
+  config trains with torch's FSDP on CPU (gloo), so the sharded path can be tried anywhere.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -43,7 +51,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from ..checkpoint import load_state_dict, read_json, save_state_dict, write_json
 from ..config import Config, TrainConfig, to_dict
 from ..integrity import CheckpointError, record_folder, verify_folder
-from ..utils.fileio import atomic_write_dir, clean_temporaries, recover_dir, remove_tree
+from ..utils.fileio import (
+    atomic_write_dir,
+    clean_temporaries,
+    recover_dir,
+    remove_tree,
+    temp_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +130,148 @@ class EMA:
         """Load the averaged weights into `model` (e.g. a copy used for export)."""
         own = model.state_dict()
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in self.shadow.items()})
+
+
+class ShardedEMA(EMA):
+    """The EMA of an FSDP-wrapped model, kept on each process for its own shard of the parameters.
+
+    Under FSDP a process holds only its slice of each parameter, so the average is kept for
+    that slice (no process ever holds the whole model). Buffers are replicated by FSDP and not
+    averaged (as in `EMA`). The whole averaged model exists only when `gather` assembles it on
+    the main process, for a preview or the export; `copy_to` then works as `EMA.copy_to`.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:  # pylint: disable=super-init-not-called
+        self.decay = decay
+        self.params = dict(model.named_parameters())  # the local shards (views FSDP keeps up to date)
+        self.shadow = {k: p.detach().float().clone() for k, p in self.params.items()}
+        self.param_names = set(self.params)
+        self.full: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module | None = None, step: int | None = None) -> None:
+        decay = self.decay_at(step)
+        for key, param in self.params.items():
+            self.shadow[key].lerp_(param.detach().float(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The averaged shards in the model's parameters for the duration (every process at once)."""
+        saved = {k: p.detach().clone() for k, p in self.params.items()}
+        try:
+            with torch.no_grad():
+                for key, param in self.params.items():
+                    param.data.copy_(self.shadow[key].to(param.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                for key, param in self.params.items():
+                    param.data.copy_(saved[key])
+
+    def take_from_model(self) -> None:
+        """Make the model's current shards the average (after loading averaged weights into it)."""
+        self.shadow = {k: p.detach().float().clone() for k, p in self.params.items()}
+
+    def gather(self, accelerator: Any, model: nn.Module) -> None:
+        """Assemble the whole averaged model on the main process (a collective: every process calls it)."""
+        with self.swapped_in():
+            state = full_state_dict(accelerator, model)
+        self.full = {k: v.detach().float().cpu() if v.is_floating_point() else v.cpu() for k, v in state.items()} \
+            if accelerator.is_main_process else None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.full is None:
+            raise RuntimeError("the sharded EMA is not gathered: call gather() on every process first")
+        return dict(self.full)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        raise RuntimeError("a sharded EMA is loaded through the model (Trainer.load_checkpoint), not from one file")
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        own = model.state_dict()
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in self.state_dict().items()})
+
+
+def fsdp_plugin(accelerator: Any) -> Any:
+    """The accelerator's FSDP plugin when the run is sharded with FSDP, else None."""
+    from accelerate.utils import DistributedType
+
+    return accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+
+
+def full_state_dict(accelerator: Any, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A prepared model's whole weights. Under FSDP every process must call it and the main process
+    gets them ({} elsewhere): on GPUs gathered into CPU memory (accelerate's `get_state_dict`), on
+    CPU gathered in place (torch's CPU offload of an FSDP state dict on CPU hands back freed memory)."""
+    plugin = fsdp_plugin(accelerator)
+    if plugin is None or plugin.fsdp_version != 1 or accelerator.device.type != "cpu":
+        return accelerator.get_state_dict(model)
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    config = FullStateDictConfig(offload_to_cpu=False, rank0_only=True)
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, config):
+        state = model.state_dict()
+    return state if accelerator.is_main_process else {}
+
+
+def _fsdp_on_cpu(accelerator: Any, mixed_precision: str) -> None:
+    """Run an FSDP launch config on a machine without CUDA with torch's FSDP on CPU (gloo).
+
+    accelerate enables FSDP only on accelerators: on CPU it would quietly train DDP instead.
+    torch's FSDP runs on CPU, so the project's trainers switch the run to it, keeping one code
+    path from a laptop to a GPU cluster (as they do for DDP, see `cpu_only`).
+    """
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    wants_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if not wants_fsdp or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads the FSDP_* settings of the launch config
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    for shared in (PartialState._shared_state, AcceleratorState._shared_state):
+        shared["distributed_type"] = DistributedType.FSDP
+        shared["device"] = torch.device("cpu")
+    AcceleratorState._shared_state["fsdp_plugin"] = plugin
+    log.info("FSDP on CPU: %d processes, one gloo group", accelerator.num_processes)
+
+
+def _shard_metadata(folder: Path) -> dict[str, str]:
+    """SHA-256 of the hidden index files (`.metadata`) in a checkpoint's FSDP parts."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.glob("*.fsdp/**/.*")) if p.is_file()}
+
+
+@torch.no_grad()
+def _init_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give a fresh optimiser its per-parameter state (zeros) without changing a weight: a step at
+    learning rate 0 on zero gradients. Sharded optimiser state is read into the state the optimiser
+    already has, so one that has not stepped yet would resume with its moments lost."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
+    if inner.state:
+        return
+    lrs = [group["lr"] for group in inner.param_groups]
+    for group in inner.param_groups:
+        group["lr"] = 0.0
+        for param in group["params"]:
+            if param.requires_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
+    inner.step()
+    for group, lr in zip(inner.param_groups, lrs):
+        group["lr"] = lr
+    inner.zero_grad(set_to_none=True)
+
+
+def _broadcast_weights(model: nn.Module) -> None:
+    """Give every process rank 0's weights (what `sync_module_states` does on GPUs)."""
+    for tensor in model.state_dict().values():
+        torch.distributed.broadcast(tensor.data, src=0)
 
 
 class ResumableSampler(Sampler[int]):
@@ -396,6 +552,7 @@ class Trainer(abc.ABC):
         self.accelerator = Accelerator(mixed_precision=train.mixed_precision, cpu=cpu_only() if cpu is None else cpu,
                                        log_with=list(train.log_with) or None,
                                        project_dir=str(self.output_dir) if train.log_with else None)
+        _fsdp_on_cpu(self.accelerator, train.mixed_precision)
         if train.log_with:
             self.accelerator.init_trackers(f"{self.name}", config=_tracker_config(to_dict(config), self.name))
         set_seed(train.seed + self.accelerator.process_index)
@@ -411,6 +568,11 @@ class Trainer(abc.ABC):
         """accelerate's prepare, then torch.compile when the config asks: in place (`Module.compile`),
         so state-dict keys, EMA and checkpoints stay those of the plain module; and per trainer,
         not through the accelerator's process-wide dynamo setting."""
+        plugin = fsdp_plugin(self.accelerator)
+        synced = plugin is not None and (plugin.sync_module_states if plugin.fsdp_version == 1
+                                         else plugin.cpu_ram_efficient_loading)
+        if plugin is not None and not synced and self.accelerator.num_processes > 1:
+            _broadcast_weights(model.to(self.device))  # every process starts from rank 0's weights
         model, optimizer = self.accelerator.prepare(model, optimizer)
         if self.train_cfg.compile:
             model.compile()
@@ -423,6 +585,8 @@ class Trainer(abc.ABC):
         self.ema = EMA(model, self.train_cfg.ema_decay)
         ema_copy = copy.deepcopy(model).requires_grad_(False).eval()
         model, optimizer = self.prepare(model, optimizer)
+        if self.sharded:  # each process averages its own shard
+            self.ema = ShardedEMA(model, self.train_cfg.ema_decay)
         self.modules[self.name] = model
         self.optimizers[self.name] = optimizer
         self.schedulers[self.name] = self.make_scheduler(optimizer)
@@ -435,6 +599,17 @@ class Trainer(abc.ABC):
     @property
     def is_main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP: no process holds the whole model, optimiser state or EMA."""
+        return fsdp_plugin(self.accelerator) is not None
+
+    def gather_ema(self) -> None:
+        """Under FSDP, assemble the averaged model on the main process (every process must call
+        this) so that `self.ema.copy_to` works there for a preview or the export."""
+        if isinstance(self.ema, ShardedEMA):
+            self.ema.gather(self.accelerator, self.modules[self.name])
 
     def make_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
         """AdamW with weight decay on matrices only (norms, biases and embeddings of size 1-D are spared)."""
@@ -499,44 +674,52 @@ class Trainer(abc.ABC):
 
         Every process takes part in gathering (model state, which FSDP must collect,
         and each process's RNG state, so a resumed run draws what the uninterrupted
-        one would have on every rank); only the main process writes.
+        one would have on every rank); only the main process writes. Under FSDP every
+        process first writes its shards (`_save_shards`) into a folder the main process
+        then moves into the checkpoint, so the checkpoint appears whole or not at all;
+        the output folder must then be on storage all machines share.
         """
         from accelerate.utils import gather_object
 
         self.accelerator.wait_for_everyone()
-        states = {name: self.accelerator.get_state_dict(module) for name, module in self.modules.items()}
+        states = {} if self.sharded else {name: self.accelerator.get_state_dict(module)
+                                          for name, module in self.modules.items()}
         rng_states = gather_object([_rng_state()])
+        path = self.output_dir / "checkpoints" / f"step-{self.step:07d}"
+        staged = self._save_shards(path) if self.sharded else None
         if not self.is_main:
             return None
-        path = self.output_dir / "checkpoints" / f"step-{self.step:07d}"
         writing = {"file": ""}  # the file being written, for the error message
 
         def write(tmp: Path) -> None:
+            if staged is not None:
+                for part in sorted(staged.iterdir()):
+                    os.replace(part, tmp / part.name)
+                staged.rmdir()
             for name, state in states.items():
                 writing["file"] = f"{name}.safetensors"
                 save_state_dict(state, tmp / writing["file"])
-            if self.ema is not None:
+            if self.ema is not None and staged is None:
                 writing["file"] = EMA_FILE
                 save_state_dict(self.ema.state_dict(), tmp / EMA_FILE)
             writing["file"] = "optim.pt"
-            torch_save(
-                {
-                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-                    "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
-                },
-                tmp / "optim.pt",
-            )
+            optimizers = {} if staged is not None else {k: o.state_dict() for k, o in self.optimizers.items()}
+            schedulers = {k: s.state_dict() for k, s in self.schedulers.items()}
+            torch_save({"optimizers": optimizers, "schedulers": schedulers}, tmp / "optim.pt")
             writing["file"] = "rng.pt"
             torch_save({"per_process": rng_states}, tmp / "rng.pt")
             writing["file"] = STATE_FILE
             write_json(tmp / STATE_FILE, {"step": self.step, "config": to_dict(self.config),
-                                            "num_processes": self.accelerator.num_processes})
+                                            "num_processes": self.accelerator.num_processes,
+                                            "sharded": staged is not None, "shard_metadata": _shard_metadata(tmp)})
             writing["file"] = "checksums.json"
             record_folder(tmp)
 
         try:
             atomic_write_dir(path, write)
         except _write_errors() as exc:
+            if staged is not None:
+                remove_tree(staged)
             others = [p.name for p in checkpoint_dirs(self.output_dir) if p != path]
             message = (f"cannot write checkpoint {path} ({writing['file']}): {_write_error(exc)}; nothing was "
                        "changed on disk, " + (f"the newest checkpoint is still {others[0]}" if others
@@ -546,6 +729,41 @@ class Trainer(abc.ABC):
         self._prune_checkpoints(path)
         log.info("saved checkpoint %s", path)
         return path
+
+    def _save_shards(self, path: Path) -> Path:
+        """Under FSDP: every process writes its shards of the models (`NAME.fsdp/`), optimisers
+        (`NAME.optim.fsdp/`) and EMA (`ema.fsdp/`) through accelerate's FSDP checkpoint functions
+        into a staging folder named by the main process; returns that folder."""
+        from accelerate.utils import (
+            broadcast_object_list,
+            save_fsdp_model,
+            save_fsdp_optimizer,
+        )
+
+        plugin = fsdp_plugin(self.accelerator)
+        unmatched = sorted(set(self.optimizers) - set(self.modules))
+        if unmatched:
+            raise ValueError(f"FSDP checkpoints save each optimiser with its model: no model named {unmatched}")
+        name_box = [str(temp_name(path)) if self.is_main else ""]
+        staged = Path(broadcast_object_list(name_box, from_process=0)[0])
+        if self.is_main:
+            staged.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        try:
+            for name, module in self.modules.items():
+                save_fsdp_model(plugin, self.accelerator, module, staged / f"{name}.fsdp")
+                if name in self.optimizers:
+                    save_fsdp_optimizer(plugin, self.accelerator, self.optimizers[name], module,
+                                        staged / f"{name}.optim.fsdp")
+            if isinstance(self.ema, ShardedEMA):
+                with self.ema.swapped_in():
+                    save_fsdp_model(plugin, self.accelerator, self.modules[self.name], staged / "ema.fsdp")
+        except _write_errors() as exc:
+            message = f"cannot write the shards of checkpoint {path}: {_write_error(exc)}"
+            log.error(message)
+            raise CheckpointWriteError(message) from exc
+        self.accelerator.wait_for_everyone()
+        return staged
 
     def _prune_checkpoints(self, saved: Path | None = None) -> None:
         """Keep the newest `keep_checkpoints` checkpoints (0: all), and always `saved`, the one
@@ -570,15 +788,23 @@ class Trainer(abc.ABC):
 
         The checksums are verified first. A damaged checkpoint is a `CheckpointError` naming the
         file; the trainer may then hold part of it, so load another one (as `fit` does) or stop.
-        Files are read one at a time, so no more than one of them is in memory beside the model."""
+        Files are read one at a time, so no more than one of them is in memory beside the model.
+        An FSDP checkpoint is loaded by an FSDP run (every process reads its shards)."""
         path = Path(path)
         state = check_checkpoint(path)
-        for name, module in self.modules.items():
-            self.accelerator.unwrap_model(module).load_state_dict(load_state_dict(path / f"{name}.safetensors"))
-        if self.ema is not None:
-            self.ema.load_state_dict(load_state_dict(path / EMA_FILE))
+        if bool(state.get("sharded")) != self.sharded:
+            raise CheckpointError(f"{path}: written by {'an FSDP' if state.get('sharded') else 'a non-FSDP'} run; "
+                                  f"resume it with {'an FSDP' if state.get('sharded') else 'a DDP or one-process'} "
+                                  "accelerate config (or export it and fine-tune from the export)")
+        if self.sharded:
+            self._load_shards(path, state.get("shard_metadata") or {})
+        else:
+            for name, module in self.modules.items():
+                self.accelerator.unwrap_model(module).load_state_dict(load_state_dict(path / f"{name}.safetensors"))
+            if self.ema is not None:
+                self.ema.load_state_dict(load_state_dict(path / EMA_FILE))
         optim = _torch_load(path / "optim.pt")
-        for key, opt in self.optimizers.items():
+        for key, opt in self.optimizers.items() if not self.sharded else ():  # FSDP: read with the shards
             opt.load_state_dict(optim["optimizers"][key])
         for key, sched in self.schedulers.items():
             sched.load_state_dict(optim["schedulers"][key])
@@ -592,6 +818,40 @@ class Trainer(abc.ABC):
         _set_rng_state(per_process[rank % len(per_process)])
         self.step = state["step"]
         log.info("resumed from %s at step %d", path, self.step)
+
+    def _load_shards(self, path: Path, recorded: dict[str, str]) -> None:
+        """Under FSDP: every process reads its shards of the EMA, models and optimisers.
+
+        torch.distributed.checkpoint reads each part's index (`.metadata`) with pickle, and the
+        folder's checksums leave hidden files out, so those indexes are checked here against the
+        hashes `state.json` recorded before anything is read."""
+        from accelerate.utils import load_fsdp_model, load_fsdp_optimizer
+
+        found = _shard_metadata(path)
+        for rel in sorted(set(found) | set(recorded)):
+            if found.get(rel) != recorded.get(rel):
+                raise CheckpointError(f"{path / rel}: " + ("missing" if rel not in found else "not recorded" if rel
+                                      not in recorded else "damaged (its hash differs from the one recorded)"))
+
+        plugin = fsdp_plugin(self.accelerator)
+        parts = [path / f"{name}.fsdp" for name in self.modules]
+        parts += [path / f"{name}.optim.fsdp" for name in self.optimizers]
+        parts += [path / "ema.fsdp"] if isinstance(self.ema, ShardedEMA) else []
+        for part in parts:
+            if not part.is_dir():
+                raise CheckpointError(f"{part}: missing (not a complete FSDP checkpoint)")
+        try:
+            if isinstance(self.ema, ShardedEMA):  # through the model: each process keeps its shard
+                load_fsdp_model(plugin, self.accelerator, self.modules[self.name], path / "ema.fsdp")
+                self.ema.take_from_model()
+            for name, module in self.modules.items():
+                load_fsdp_model(plugin, self.accelerator, module, path / f"{name}.fsdp")
+                if name in self.optimizers:
+                    _init_optimizer_state(self.optimizers[name])
+                    load_fsdp_optimizer(plugin, self.accelerator, self.optimizers[name], module,
+                                        path / f"{name}.optim.fsdp")
+        except (OSError, RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: the FSDP shards cannot be read ({_one_line(exc)})") from None
 
     # ------------------------------------------------------------------ loop
     def log_metrics(self, metrics: dict[str, float]) -> None:
@@ -697,7 +957,7 @@ class Trainer(abc.ABC):
             self.schedulers[self.name].step()
             optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
-                self.ema.update(self.accelerator.unwrap_model(model), self.step)
+                self.ema.update(None if self.sharded else self.accelerator.unwrap_model(model), self.step)
             self.after_optimizer_step()
             self.step += 1
             bar.update(1)
@@ -708,12 +968,20 @@ class Trainer(abc.ABC):
                 bar.set_postfix({k: f"{v:.3g}" for k, v in averaged.items() if k in ("loss", "psnr")})
                 self.log_metrics(averaged)
                 running, count, started = {}, 0, time.perf_counter()
-            if cfg.preview_every and self.step % cfg.preview_every == 0 and self.is_main:
-                self.preview()
+            if cfg.preview_every and self.step % cfg.preview_every == 0:
+                self._preview()
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end:
                 self.save_checkpoint()
         bar.close()
         return self._finish(end)
+
+    def _preview(self) -> None:
+        """Previews on the main process (under FSDP every process first helps gather the EMA)."""
+        self.gather_ema()
+        if self.is_main:
+            self.preview()
+        if isinstance(self.ema, ShardedEMA):
+            self.ema.full = None
 
     def _resume(self, resume: str) -> None:
         """Load the newest intact checkpoint `resume` names (saying when newer ones are damaged)."""
@@ -738,6 +1006,7 @@ class Trainer(abc.ABC):
             return checkpoint or self.output_dir / "checkpoints"
         final = self.output_dir / "final"
         self.accelerator.wait_for_everyone()
+        self.gather_ema()  # under FSDP the whole averaged model, on the main process
         if self.is_main:
             try:
                 self.export(final)

@@ -8,13 +8,19 @@ training at the configured batch size. The train scripts print it with `--dry-ru
 
 Estimate (bytes): mixed-precision AdamW keeps fp32 parameters (4), fp32 gradients
 (4), two fp32 moments (8) and the fp32 EMA copy (4) per parameter; FSDP shards all
-but the EMA, which each process keeps whole. A frozen pretrained text encoder is
+of them, the EMA included (each process averages its own shard). A frozen pretrained text encoder is
 counted in half precision, as it is loaded on a GPU. Activations per
 transformer layer follow Korthikanti et al. (2022), without recomputation:
 s * b * h * (34 + 5 * a * s / h) bytes for 16-bit activations (s tokens, b batch,
 h width, a heads); cross-attention adds its own s * b * h * (16 + 5 * a * L / h)
 term for text length L. It is an estimate for planning (what fits, which
 strategy), not a promise: allocator slack and temporary buffers come on top.
+
+Compute per training sample (`flops_per_sample`) follows the usual MFU convention:
+6 x trainable parameters x tokens (forward and backward of every weight) plus the
+attention products, 12 x layers x tokens x (tokens + text length) x attention width;
+a frozen text encoder whose embeddings are cached costs nothing per step. With a
+measured or assumed model-FLOP utilisation, `train_seconds` turns it into time.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from ..config import Config
 
 GIB = 2**30
 BYTES_PER_PARAM_TRAINED = 4 + 4 + 8 + 4  # fp32 master + grad + Adam moments + EMA
-EMA_BYTES_PER_PARAM = 4  # the EMA copy is kept whole on every process, also under FSDP
+EMA_BYTES_PER_PARAM = 4  # the EMA copy (sharded like the rest under FSDP)
 
 
 @dataclass
@@ -45,15 +51,20 @@ class Footprint:
     frozen_bytes: int  # frozen modules (bf16), e.g. a frozen text encoder
     activation_bytes: int
     notes: list[str] = field(default_factory=list)
+    flops_per_sample: float = 0.0  # model FLOPs of one training sample (forward + backward)
 
     def per_device(self, strategy: Literal["ddp", "fsdp"]) -> int:
         """Estimated bytes on each device under DDP or FSDP full shard."""
-        if strategy == "ddp":
-            state = self.state_bytes
-        else:
-            ema = self.params * EMA_BYTES_PER_PARAM
-            state = (self.state_bytes - ema) // max(1, self.world_size) + ema
+        state = self.state_bytes if strategy == "ddp" else self.state_bytes // max(1, self.world_size)
         return state + self.frozen_bytes + self.activation_bytes
+
+    def train_seconds(self, samples: float, devices: int, peak_tflops: float, mfu: float) -> float:
+        """Wall-clock seconds to train on `samples` clips with `devices` accelerators of `peak_tflops`
+        (dense bf16) each running at model-FLOP utilisation `mfu` (an estimate: the MFU is the input
+        that decides it, best taken from a measured step; bench/gpu_check.sh reports one)."""
+        if not (0 < mfu <= 1) or devices < 1 or peak_tflops <= 0:
+            raise ValueError(f"need 0 < mfu <= 1, devices >= 1, peak > 0 (got {mfu}, {devices}, {peak_tflops})")
+        return samples * self.flops_per_sample / (devices * peak_tflops * 1e12 * mfu)
 
     def lines(self) -> list[str]:
         """Human-readable report (what `--dry-run` prints)."""
@@ -68,6 +79,9 @@ class Footprint:
             f"  per device, DDP: {self.per_device('ddp') / GIB:,.2f} GiB; "
             f"FSDP full shard over {self.world_size}: {self.per_device('fsdp') / GIB:,.2f} GiB",
         ]
+        if self.flops_per_sample:
+            out.append(f"  compute: {self.flops_per_sample / 1e12:,.2f} TFLOP per training sample "
+                       f"(6 x parameters x tokens + attention)")
         out += [f"  note: {n}" for n in self.notes]
         return out
 
@@ -110,7 +124,7 @@ def footprint(config: Config, which: Literal["tokenizer", "maskgit", "matcher"],
         act += pixels * 4 * 6  # input, output, losses (fp32)
         notes.append(f"{layers} transformer layers; discriminators and perceptual nets not counted")
         return Footprint("tokenizer", params, 0, tokens, cfg.batch_size, world_size,
-                         params * BYTES_PER_PARAM_TRAINED, 0, act, notes)
+                         params * BYTES_PER_PARAM_TRAINED, 0, act, notes)  # FLOPs: convolutions not modelled
 
     if which == "matcher":
         return _matcher_footprint(config, world_size)
@@ -142,8 +156,10 @@ def footprint(config: Config, which: Literal["tokenizer", "maskgit", "matcher"],
     if tr.critic:
         notes.append("token critic included in the parameters; its activations are not")
     total = params + trainable_text
+    attention = 12 * tr.depth * tokens * (tokens + config.text.max_length) * tr.heads * tr.dim_head
     return Footprint("maskgit", total, frozen, tokens, cfg.batch_size, world_size,
-                     total * BYTES_PER_PARAM_TRAINED, frozen * 2, act, notes)
+                     total * BYTES_PER_PARAM_TRAINED, frozen * 2, act, notes,
+                     flops_per_sample=6.0 * params * tokens + attention)
 
 
 # T5 v1.1 encoders (Raffel et al. 2020; the 1.1 checkpoints): width, heads, layers, feed-forward
