@@ -112,6 +112,34 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    info.update(cpu_features())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+ISA_FLAGS = {"avx2": "avx2", "avx512": "avx512f", "avx512_bf16": "avx512_bf16", "amx": "amx_bf16"}
+
+
+def cpu_features(size: int = 1024) -> dict[str, Any]:
+    """The instruction sets that decide our kernels, what torch will use, and the measured
+    fp32 / bf16 product speed (GFLOP/s, one size^3 product, all threads): the machine's own
+    yardstick, so each figure can be read against what the machine can do."""
+    import torch
+
+    from phenaki.utils.torch_utils import cpu_bf16_speedup
+
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    info: dict[str, Any] = {"isa": [name for name, flag in ISA_FLAGS.items() if flag in flags],
+                            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                            "threads": torch.get_num_threads()}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        seconds = best_of(lambda: a @ b, 3)
+        info[f"{name}_matmul_gflops"] = round(2 * size**3 / seconds / 1e9, 1)
+    info["auto_dtype_bf16_speedup"] = round(cpu_bf16_speedup(), 2)
     return info

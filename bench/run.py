@@ -131,6 +131,14 @@ def work_table(results: list[dict[str, Any]], peaks: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def machine_line(info: dict[str, Any]) -> str:
+    """One line naming the machine every figure below comes from."""
+    isa = ", ".join(info.get("isa", [])) or "no AVX2"
+    return (f"machine: {info['cpu']}, {info['cores']} cores ({isa}; torch kernels {info.get('torch_cpu_capability')}), "
+            f"matrix product {info.get('fp32_matmul_gflops')} GFLOP/s fp32, {info.get('bf16_matmul_gflops')} bf16"
+            + (f", GPU {info['gpu']}" if info.get("gpu") else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--configs", nargs="+", default=["demo", "paper"], choices=["demo", "paper"])
@@ -179,10 +187,11 @@ def main(argv: list[str] | None = None) -> None:
         case.update(device=args.device, repeat=args.repeat, peer=args.peer)
         results.append(run_case(case, args.timeout))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
-    text = table(results)
+    info = machine()
+    text = machine_line(info) + "\n" + table(results)
     print(text)
     if args.json:
-        meta = {"date": str(date.today()), "machine": machine(), "command": "python -m bench " + " ".join(
+        meta = {"date": str(date.today()), "machine": info, "command": "python -m bench " + " ".join(
             sys.argv[1:]), "paper_depth": paper_depth}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)

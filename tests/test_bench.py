@@ -31,3 +31,14 @@ def test_work_table_bounds_the_ratio_by_the_matmul_peak() -> None:
     table = work_table(results, {"fp32": 0.2})
     # peer: 0.125 s per sample; ours at 0.2 TFLOP/s: 10 GFLOP -> 0.05 s; at most 2.5x
     assert "| train | demo | 16 | fp32 | samples_per_s | sample | 10 | 16 | 2.50x |" in table
+
+
+def test_machine_names_the_isa_and_measures_the_product_speed() -> None:
+    from bench.common import machine
+    from bench.run import machine_line
+
+    info = machine()
+    assert set(info["isa"]) <= {"avx2", "avx512", "avx512_bf16", "amx"}
+    assert info["fp32_matmul_gflops"] > 0 and info["bf16_matmul_gflops"] > 0
+    line = machine_line(info)
+    assert line.startswith(f"machine: {info['cpu']}, {info['cores']} cores") and "GFLOP/s fp32" in line
