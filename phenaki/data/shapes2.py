@@ -818,8 +818,9 @@ def _v1_holdout(holdout: HoldOut | None) -> object:
 
 
 def _accepts(holdout: HoldOut | None, split: str, prompt: str) -> bool:
+    """Whether a scene suits the split: train never shows a held-out scene, heldout only those."""
     if split == "all" or holdout is None:
-        return split != "heldout" or holdout is not None
+        return True  # (a heldout split without a hold-out is refused before drawing)
     return holdout.covers(prompt) == (split == "heldout")
 
 

@@ -242,10 +242,9 @@ def _fsdp_on_cpu(accelerator: Any, mixed_precision: str) -> None:
 
 def _shard_metadata(folder: Path) -> dict[str, str]:
     """SHA-256 of the hidden index files (`.metadata`) in a checkpoint's FSDP parts."""
-    import hashlib
+    from ..integrity import file_sha256
 
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.glob("*.fsdp/**/.*")) if p.is_file()}
+    return {str(p.relative_to(folder)): file_sha256(p) for p in sorted(folder.glob("*.fsdp/**/.*")) if p.is_file()}
 
 
 @torch.no_grad()
