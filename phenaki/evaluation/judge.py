@@ -498,9 +498,10 @@ def judge_story(video_frames: Any, scenes: Sequence[Any]) -> list[SceneVerdict]:
 # --------------------------------------------------------------------------- aggregates
 
 
-def _rates(verdicts: Sequence[SceneVerdict]) -> dict[str, Any]:
+def _rates(verdicts: Sequence[Any], criteria: Sequence[str] = CRITERIA) -> dict[str, Any]:
+    """Each criterion's pass rate over the verdicts that judged it (v1's or v2's criteria)."""
     out: dict[str, Any] = {"scenes": len(verdicts)}
-    for name in CRITERIA:
+    for name in criteria:
         values = [getattr(v, name) for v in verdicts if getattr(v, name) is not None]
         out[name] = sum(map(bool, values)) / len(values) if values else None
     out["continuity_scenes"] = sum(v.continuity is not None for v in verdicts)

@@ -143,6 +143,7 @@ import torch
 from ..data import shapes2
 from ..data.shapes import COLOURS, DIRECTION_VECTORS, SPEED, scene_ranges
 from ..data.shapes2 import EDGE_VECTORS, RELATION_VECTORS, SceneObject, ScenePlan
+from . import judge as judge_v1
 from .judge import (
     ASPECT_RANGE,
     CIRCLE_FILL,
@@ -919,12 +920,7 @@ def judge_story2(video_frames: Any, scenes: Sequence[Any]) -> list[SceneVerdict2
 
 
 def _rates(verdicts: Sequence[SceneVerdict2]) -> dict[str, Any]:
-    out: dict[str, Any] = {"scenes": len(verdicts)}
-    for name in CRITERIA2:
-        values = [getattr(v, name) for v in verdicts if getattr(v, name) is not None]
-        out[name] = sum(map(bool, values)) / len(values) if values else None
-    out["continuity_scenes"] = sum(v.continuity is not None for v in verdicts)
-    return out
+    return judge_v1._rates(verdicts, CRITERIA2)
 
 
 def _grouped(per_story: list[list[bool]]) -> dict[str, Any]:
