@@ -54,14 +54,14 @@ def collect_scenes(prompts_file: Path | None, prompt: tuple[str, ...]) -> list[S
         raise click.BadParameter(str(exc), param_hint="--prompts/--prompt") from None
 
 
-def holdout_of(config_path: Path | None):
-    """The Shapes hold-outs named by a config's data section (None without a config)."""
+def holdout_of(config_path: Path | None, domain: int = 1):
+    """The Shapes hold-outs named by a config's data section for a domain version (None without a config)."""
     if config_path is None:
         return None
     from ..config import ConfigError, load_config
-    from ..data.shapes import holdout_from_config
+    from ..data import shapes, shapes2
 
     try:
-        return holdout_from_config(load_config(config_path).data)
+        return (shapes2 if domain == 2 else shapes).holdout_from_config(load_config(config_path).data)
     except ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--config") from None

@@ -123,12 +123,11 @@ def eval_shapes(**options: Any) -> None:
         from ..evaluation.judge2 import format_shapes2_table as format_table
         from ..evaluation.judge2 import tokenizer_ceiling2 as Ceiling
 
-        holdout = _holdout2(config_path)
     else:
         from ..evaluation.ceiling import TokenizerCeiling as Ceiling
 
         evaluate, format_table = evaluate_shapes, format_shapes_table
-        holdout = holdout_of(config_path)
+    holdout = holdout_of(config_path, domain)
     if config_path is not None and holdout is None:
         click.echo(f"note: {config_path} names no held-out combinations or phrasings; "
                    "every story comes from the train split", err=True)
@@ -160,18 +159,6 @@ def eval_shapes(**options: Any) -> None:
         atomic_write_text(options["json_out"], json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {options['json_out']}")
 
-
-def _holdout2(config_path: Path | None) -> Any:
-    """The v2 hold-outs (combinations, pairings, phrasings) a config's data section names."""
-    if config_path is None:
-        return None
-    from ..config import ConfigError, load_config
-    from ..data.shapes2 import holdout_from_config
-
-    try:
-        return holdout_from_config(load_config(config_path).data)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--config") from None
 
 
 @eval_main.command("compare")

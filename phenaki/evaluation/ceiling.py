@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -144,11 +144,15 @@ class TokenizerCeiling:
         with torch.autocast(device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
             return self.tokenizer.decode(self.tokenizer.encode(pixels.to(device))).float()
 
-    @torch.no_grad()
-    def generate(self, prompts: list[str], seed: int = 0, **_: object) -> _Story:
+    def _render(self, prompts: list[str], seed: int) -> Any:
+        """The true story (v1's renderer; a v2 ceiling draws with v2's)."""
         from ..data.shapes import render_story
 
-        story = render_story(tuple(prompts), seed=seed, first_frames=self.first_frames, scene_frames=self.scene_frames)
+        return render_story(tuple(prompts), seed=seed, first_frames=self.first_frames, scene_frames=self.scene_frames)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seed: int = 0, **_: object) -> _Story:
+        story = self._render(prompts, seed)
         pixels = frames_to_pixels(story.frames[None])
         first = story.scenes[0]
         drawn = self._round_trip(pixels[:, :, first.start:first.end])

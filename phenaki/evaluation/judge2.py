@@ -1036,23 +1036,12 @@ def tokenizer_ceiling2(tokenizer: Any, **options: Any) -> Any:
 
     Built on call, so that judging needs none of the model code the ceiling imports.
     """
-    from ..video import frames_to_pixels, pixels_to_frames
-    from .ceiling import TokenizerCeiling, _Story
+    from .ceiling import TokenizerCeiling
 
     class TokenizerCeiling2(TokenizerCeiling):
-        @torch.no_grad()
-        def generate(self, prompts: list[str], seed: int = 0, **_: object) -> _Story:
-            story = shapes2.render_story(tuple(prompts), seed=seed, first_frames=self.first_frames,
-                                         scene_frames=self.scene_frames)
-            pixels = frames_to_pixels(story.frames[None])
-            first = story.scenes[0]
-            drawn = self._round_trip(pixels[:, :, first.start:first.end])
-            for scene in story.scenes[1:]:
-                window = torch.cat([drawn[:, :, -self.context_frames:].to(pixels.device),
-                                    pixels[:, :, scene.start:scene.end]], dim=2)
-                new = self._round_trip(window)[:, :, -(scene.end - scene.start):]
-                drawn = torch.cat([drawn, new], dim=2)
-            return _Story(frames=pixels_to_frames(drawn)[0], scenes=list(story.scenes))
+        def _render(self, prompts: list[str], seed: int) -> Any:
+            return shapes2.render_story(tuple(prompts), seed=seed, first_frames=self.first_frames,
+                                        scene_frames=self.scene_frames)
 
     return TokenizerCeiling2(tokenizer, **options)
 
