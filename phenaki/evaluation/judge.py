@@ -561,6 +561,19 @@ def _is_heldout(index: int, stories: int, count: int) -> bool:
     return (index + 1) * count // stories > index * count // stories
 
 
+def _evaluation_plan(stories: int, num_scenes: int, heldout_fraction: float, seed: int, holdout: Any,
+                     generate_kwargs: dict[str, Any] | None) -> tuple[random.Random, int, dict[str, Any]]:
+    """Checked evaluation options: the story RNG, how many stories are held out, the generate options set."""
+    if stories < 1:
+        raise ValueError(f"stories must be >= 1, got {stories}")
+    if num_scenes < 1:
+        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
+    if not 0.0 <= heldout_fraction <= 1.0:
+        raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
+    held_count = math.floor(stories * heldout_fraction + 0.5) if holdout is not None else 0
+    return random.Random(seed), held_count, {k: v for k, v in (generate_kwargs or {}).items() if v is not None}
+
+
 def evaluate_shapes(
     pipe: Any,
     stories: int,
@@ -587,15 +600,7 @@ def evaluate_shapes(
     ``correct`` rate from resampling the stories, see `bootstrap_interval`) and
     ``stories_detail``.
     """
-    if stories < 1:
-        raise ValueError(f"stories must be >= 1, got {stories}")
-    if num_scenes < 1:
-        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
-    if not 0.0 <= heldout_fraction <= 1.0:
-        raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
-    rng = random.Random(seed)
-    held_count = math.floor(stories * heldout_fraction + 0.5) if holdout is not None else 0
-    kwargs = {k: v for k, v in (generate_kwargs or {}).items() if v is not None}
+    rng, held_count, kwargs = _evaluation_plan(stories, num_scenes, heldout_fraction, seed, holdout, generate_kwargs)
 
     bar, step = _story_progress(progress, stories)
 

@@ -132,7 +132,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
@@ -161,6 +160,7 @@ from .judge import (
     TRIANGLE_FILL_MAX,
     WALL_TOL,
     _as_frames,
+    _evaluation_plan,
     _is_heldout,
     _story_progress,
     bootstrap_interval,
@@ -985,15 +985,7 @@ def evaluate_shapes2(
     ``ci95``), ``per_clause_count`` (fully correct scenes of one and of two clauses),
     ``criteria`` (what `phenaki-eval compare` compares) and ``stories_detail``.
     """
-    if stories < 1:
-        raise ValueError(f"stories must be >= 1, got {stories}")
-    if num_scenes < 1:
-        raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
-    if not 0.0 <= heldout_fraction <= 1.0:
-        raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
-    rng = random.Random(seed)
-    held_count = math.floor(stories * heldout_fraction + 0.5) if holdout is not None else 0
-    kwargs = {k: v for k, v in (generate_kwargs or {}).items() if v is not None}
+    rng, held_count, kwargs = _evaluation_plan(stories, num_scenes, heldout_fraction, seed, holdout, generate_kwargs)
     bar, step = _story_progress(progress, stories)
     judged: list[tuple[str, list[SceneVerdict2]]] = []
     detail = []
