@@ -18,6 +18,9 @@ import yaml
 from .sampling.settings import SamplingSettings
 from .utils.typed import ConfigError, from_dict, to_dict
 
+KERNELS = ("auto", "sdpa", "explicit", "default")
+"""How models pick their attention kernel and threads on a CPU (phenaki.kernels)."""
+
 __all__ = [
     "ConfigError",
     "TokenizerConfig",
@@ -259,6 +262,8 @@ class TrainConfig:
     preview_every: int = 1000
     log_every: int = 50
     seed: int = 0
+    kernels: str | None = None  # attention path and threads on a CPU (phenaki.kernels): auto (time them on the
+    # first batch, single process, MaskGIT), sdpa, explicit, default; None = PHENAKI_KERNELS, else auto
     compile: bool = False  # torch.compile the trained model in place (~10% faster MaskGIT steps on CPU, after
     # a one-off compile of about a minute); inductor in torch 2.13 fails on the tokenizer's vq quantizer: fsq/lfq only
     # tokenizer losses
@@ -298,6 +303,8 @@ class TrainConfig:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         if not 0.0 < self.hard_fraction <= 1.0:
             raise ConfigError(f"hard_fraction must be in (0, 1], got {self.hard_fraction}")
+        if self.kernels is not None and self.kernels not in KERNELS:
+            raise ConfigError(f"kernels: unknown kernel mode {self.kernels!r}; choose from {', '.join(KERNELS)}")
         if isinstance(self.log_with, str):
             self.log_with = [t for t in self.log_with.replace(",", " ").split() if t]
         unknown = sorted(set(self.log_with) - set(TRACKERS) - {"all"})

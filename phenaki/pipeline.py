@@ -33,6 +33,7 @@ from .checkpoint import (
 )
 from .config import DECODER_ONLY_FIELDS, ConfigError, from_dict, same_token_ids, to_dict
 from .integrity import record_folder, verify_folder
+from .kernels import KernelChoice, resolve_kernels, tune_sampling, use_threads
 from .models.cvivit import CViViT
 from .models.maskgit import MaskGit
 from .models.matcher import TextVideoMatcher
@@ -125,7 +126,8 @@ class Phenaki:
                  sampling: SamplingSettings | None = None, *, fps: float | None = None,
                  device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto",
                  source: str | None = None, info: dict[str, Any] | None = None,
-                 matcher: TextVideoMatcher | None = None) -> None:
+                 matcher: TextVideoMatcher | None = None, kernels: str | None = None,
+                 compile: bool = False) -> None:
         if transformer.codebook_size != tokenizer.codebook_size:
             raise PipelineError(
                 f"transformer codebook {transformer.codebook_size} != tokenizer codebook {tokenizer.codebook_size}"
@@ -149,6 +151,9 @@ class Phenaki:
         self.sampling = (sampling or SamplingSettings()).replace(fps=fps or None)
         self.source = source
         self.info = info or {}
+        self.kernels = resolve_kernels(kernels)  # phenaki.kernels: measured per machine on first use
+        self.compiled = compile  # torch.compile the transformer and tokenizer, after the kernels are chosen
+        self._compile_done = False
 
     @property
     def fps(self) -> float:
@@ -158,10 +163,12 @@ class Phenaki:
     # ------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, *, revision: str | None = None,
-                        device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto") -> "Phenaki":
+                        device: str | torch.device = "auto", dtype: str | torch.dtype | None = "auto",
+                        kernels: str | None = None, compile: bool = False) -> "Phenaki":
         """Load a pipeline: a folder, a Hub repo id ("org/name", through the Hugging Face cache;
         `revision` picks a commit, branch or tag; HF_HUB_OFFLINE=1 uses the cache alone), or with no
-        argument the demo model shipped with the package (offline)."""
+        argument the demo model shipped with the package (offline). `kernels` (auto | sdpa | explicit |
+        default; `PHENAKI_KERNELS`) and `compile` say how it runs on this machine (`phenaki.kernels`)."""
         try:
             root = resolve_folder(path, revision)
         except CheckpointError as exc:
@@ -190,7 +197,7 @@ class Phenaki:
         tokenizer = _load_part(root / "tokenizer", lambda: CViViT.from_pretrained(root / "tokenizer", **parts))
         transformer = _load_part(root / "transformer", lambda: MaskGit.from_pretrained(root / "transformer", **parts))
         return cls(tokenizer, transformer, text, sampling, fps=fps, device=device, dtype=dtype, source=str(root),
-                   info=settings, matcher=matcher)
+                   info=settings, matcher=matcher, kernels=kernels, compile=compile)
 
     def save_pretrained(self, path: str | Path, *, dtype: torch.dtype | None = None,
                         text_dtype: torch.dtype | None | str = "same") -> Path:
@@ -238,7 +245,8 @@ class Phenaki:
                     matcher: TextVideoMatcher | None) -> "Phenaki":
         """A pipeline like this one around other parts (the constructor checks they fit)."""
         return Phenaki(tokenizer, transformer, self.text_encoder, self.sampling, fps=self.fps,
-                       device=self.device, dtype=self.dtype, source=self.source, info=info, matcher=matcher)
+                       device=self.device, dtype=self.dtype, source=self.source, info=info, matcher=matcher,
+                       kernels=self.kernels, compile=self.compiled)
 
     def with_matcher(self, matcher: TextVideoMatcher | None, **info: Any) -> "Phenaki":
         """This pipeline with `matcher` (trained for its text encoder; None: without one)."""
@@ -348,8 +356,12 @@ class Phenaki:
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         started = time.perf_counter()
-        videos = self._run_story(requests, run, generator, prime, num_samples,
-                                 _StepReporter(progress, callback, requests[0]))
+        choice = self.tune_kernels()
+        if self.compiled and not self._compile_done:
+            self._compile()
+        with use_threads(choice.threads):
+            videos = self._run_story(requests, run, generator, prime, num_samples,
+                                     _StepReporter(progress, callback, requests[0]))
         seconds = time.perf_counter() - started
         recorded_seed = seed if generator.initial_seed() == seed else None  # a caller's generator: its seed
         for index, video in enumerate(videos):
@@ -360,6 +372,7 @@ class Phenaki:
                 "checkpoint": self.source,
                 "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""),
+                "kernels": {"attention": choice.attention or "default", "threads": choice.threads or None},
                 "seconds": round(seconds, 3),
             })
         return videos[0] if len(videos) == 1 and not several else videos
@@ -393,6 +406,28 @@ class Phenaki:
             run = run.replace(match_weight=0.0)
         self._check_lengths(run)
         return run
+
+    def tune_kernels(self, rows: int = 1, settings: SamplingSettings | None = None) -> KernelChoice:
+        """The attention path and threads that sample fastest here (`phenaki.kernels`): timed once per
+        machine, model and dtype on the transformer's guided forward and the tokenizer's decode at the
+        shapes of `rows` videos drawn with `settings` (default: one video with the model's settings),
+        then read from the cache. `generate` keeps to that one choice whatever its batch, so a video
+        does not depend on what else was drawn beside it."""
+        s = settings or self.sampling
+        frames = min(self.tokenizer.num_token_frames(min(s.first_frames, self.max_window_frames)),
+                     self.transformer.config.max_token_frames)
+        return tune_sampling(self.transformer, self.tokenizer, rows=rows,
+                             batch=rows * s.candidates * (2 if s.guidance != 1 else 1), token_frames=frames,
+                             text_len=self.text_encoder.max_length, dtype=self.dtype, device=self.device,
+                             mode=self.kernels)
+
+    def _compile(self) -> None:
+        """torch.compile the transformer's forward and the tokenizer's encode and decode, in place: the
+        first windows then wait for compilation (BENCHMARKS.md has the cost and the gain per machine)."""
+        self._compile_done = True
+        self.transformer.compile()
+        self.tokenizer.encode = torch.compile(self.tokenizer.encode)  # type: ignore[method-assign]
+        self.tokenizer.decode = torch.compile(self.tokenizer.decode)  # type: ignore[method-assign]
 
     def _autocast(self):
         enabled = self.dtype != torch.float32

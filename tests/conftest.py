@@ -1,5 +1,20 @@
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def kernel_cache(tmp_path_factory):
+    """Measured kernel choices go to a file of this run (subprocesses inherit it), not the user's cache."""
+    path = tmp_path_factory.mktemp("kernels") / "kernels.json"
+    before = os.environ.get("PHENAKI_KERNEL_CACHE")
+    os.environ["PHENAKI_KERNEL_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("PHENAKI_KERNEL_CACHE", None)
+    else:
+        os.environ["PHENAKI_KERNEL_CACHE"] = before
 
 
 @pytest.fixture

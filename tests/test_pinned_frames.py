@@ -4,7 +4,8 @@ The hashes pin the whole generation path (text encoding, the MaskGIT decode loop
 among candidates with polish, relevance floor and matcher, the story loop, decoding), so any
 refactor that changes a single pixel fails here. They run in a fresh process in float32 with
 MKL, oneDNN and ATen held to AVX2 kernels (MKL's conditional numerical reproducibility), which
-every x86-64 CPU this project runs on has, so the bits do not depend on the CPU's newer units.
+every x86-64 CPU this project runs on has, so the bits do not depend on the CPU's newer units;
+the attention kernel is the built-in one (`PHENAKI_KERNELS=default`), not the one measured fastest.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 PINNED = json.loads((HERE / "data" / "pinned_frames.json").read_text())
-REPRODUCIBLE = {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+REPRODUCIBLE = {"MKL_CBWR": "AVX2,STRICT", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                "PHENAKI_KERNELS": "default"}
 
 
 def drawn(which: str) -> dict[str, object]:

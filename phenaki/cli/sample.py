@@ -28,6 +28,11 @@ from .options import sampling_options, settings_overrides
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True)
+@click.option("--kernels", type=click.Choice(["auto", "sdpa", "explicit", "default"]), default=None,
+              help="Attention kernel and threads: auto measures the fastest on this machine once and caches it "
+                   "(default; PHENAKI_KERNELS), sdpa / explicit force a path, default takes the built-in rule.")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the transformer and tokenizer first (pays off only on long stories).")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--verbose", "-v", is_flag=True)
 def sample_main(**options: Any) -> None:
@@ -41,6 +46,7 @@ def sample_main(**options: Any) -> None:
         raise click.BadParameter(f"prime video not found: {options['prime']}", param_hint="--prime")
     check_model_ref(options["checkpoint"])
     from ..checkpoint import CheckpointError
+    from ..kernels import KernelError
     from ..models.text import TextEncoderError
     from ..pipeline import PipelineError, UnreadablePromptError
     from ..sampling.settings import SettingsError
@@ -50,7 +56,7 @@ def sample_main(**options: Any) -> None:
         _run(scenes, options)
     except UnreadablePromptError as exc:
         raise click.BadParameter(str(exc), param_hint="--prompts/--prompt/--negative-prompt") from None
-    except (PipelineError, CheckpointError, SettingsError, TextEncoderError, VideoError) as exc:
+    except (PipelineError, CheckpointError, SettingsError, TextEncoderError, VideoError, KernelError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("interrupted: no video written", err=True)
@@ -66,7 +72,7 @@ def _run(scenes: list, options: dict[str, Any]) -> None:
     command = {k: (str(v) if isinstance(v, Path) else v) for k, v in options.items() if k != "verbose"}
     overrides = settings_overrides(options)
     pipe = Phenaki.from_pretrained(options["checkpoint"], revision=options["revision"], device=options["device"],
-                                   dtype=options["dtype"])
+                                   dtype=options["dtype"], kernels=options["kernels"], compile=options["compile_"])
     texts = [s.prompt for s in scenes] + [s.settings.get("negative_prompt") for s in scenes]
     for prompt, words in pipe.unknown_words([t for t in texts + [overrides.get("negative_prompt")] if t]).items():
         click.echo(f"warning: not in the model's vocabulary, left out of {prompt!r}: {', '.join(words)}", err=True)

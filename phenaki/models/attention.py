@@ -1,12 +1,14 @@
-"""Scaled dot-product attention for every transformer in the package, with one CPU exception.
+"""Scaled dot-product attention for every transformer in the package: two paths, one chosen per machine.
 
-`attend` is `F.scaled_dot_product_attention` everywhere except for bf16 tensors on a
-CPU. There three explicit products are faster than torch's fused CPU kernel at this
-package's sizes (384 tokens of 64 wide heads for MaskGit, 64-token frames and 6-token
-columns of 32 wide heads for the tokenizer; see BENCHMARKS.md): its backward pass by
-1.5-6x in training, and sampling a clip by about a fifth. So bf16 on a CPU takes the
-explicit path: (q k^T) scaled, masked, softmax, times v, all in bf16 (softmax
-accumulates in float32 internally). fp32, and every GPU, keep the fused kernel.
+`attend` runs either `F.scaled_dot_product_attention` (torch's fused kernel) or the
+explicit path: (q k^T) scaled, masked, softmax, times v, in the tensors' dtype (softmax
+accumulates in float32 internally). Which is faster depends on the CPU, the dtype and
+the shapes (BENCHMARKS.md): on an AMD EPYC with AVX512-BF16 the explicit path trained
+1.5-6x faster in bf16 and sampled a clip about a fifth faster, on an Intel Xeon with AMX
+the fused kernel wins at sampling, and on an AVX2-only CPU a bf16 explicit product is
+emulated and 50x slower. Each attention layer therefore carries an `attention_path`
+("sdpa", "explicit", or None for the built-in rule: explicit for bf16 on a CPU, else SDPA),
+which `phenaki.kernels` sets by measuring. GPUs always take SDPA.
 """
 
 from __future__ import annotations
@@ -18,19 +20,25 @@ from torch import Tensor
 __all__ = ["attend", "uses_explicit_attention"]
 
 
-def uses_explicit_attention(q: Tensor) -> bool:
-    """Whether `attend` takes the explicit path for `q`: bf16 on a CPU (training or inference)."""
-    return q.device.type == "cpu" and q.dtype == torch.bfloat16
+def uses_explicit_attention(q: Tensor, path: str | None = None) -> bool:
+    """Whether `attend` takes the explicit path for `q`: never on a GPU; on a CPU as `path` says,
+    and without one (None) for bf16 only."""
+    if q.device.type != "cpu":
+        return False
+    if path is not None:
+        return path == "explicit"
+    return q.dtype == torch.bfloat16
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
-           dropout: float = 0.0) -> Tensor:
+           dropout: float = 0.0, path: str | None = None) -> Tensor:
     """softmax(q k^T / sqrt(d) + mask) v over [..., heads, N, d] tensors.
 
     `mask` is bool (True = attend) and broadcasts to [..., N_q, N_k], as for SDPA;
     `causal` lets query i see keys 0..i. Every query must see at least one key.
+    `path` picks the kernel on a CPU ("sdpa" | "explicit" | None: `uses_explicit_attention`).
     """
-    if not uses_explicit_attention(q):
+    if not uses_explicit_attention(q, path):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
     if causal:

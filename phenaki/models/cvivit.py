@@ -129,6 +129,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, dim_head: int, dropout: float, causal: bool) -> None:
         super().__init__()
         self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.attention_path: str | None = None  # attend's kernel on a CPU (phenaki.kernels chooses it)
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim, bias=False)
 
@@ -136,7 +137,8 @@ class Attention(nn.Module):
         q, k, v = rearrange(self.to_qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        out = attend(q, k, v, mask=mask, causal=self.causal, dropout=self.dropout if self.training else 0.0)
+        out = attend(q, k, v, mask=mask, causal=self.causal, dropout=self.dropout if self.training else 0.0,
+                     path=self.attention_path)
         return self.to_out(rearrange(out, "b h n d -> b n (h d)"))
 
 

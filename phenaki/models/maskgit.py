@@ -87,13 +87,14 @@ class SelfAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
+        self.attention_path: str | None = None  # attend's kernel on a CPU (phenaki.kernels chooses it)
         self.to_qkv = nn.Linear(dim, 3 * heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v = (_split_heads(part, self.heads) for part in self.to_qkv(x).chunk(3, dim=-1))
         p = self.dropout if self.training else 0.0
-        return self.to_out(_merge_heads(attend(q, k, v, dropout=p)))
+        return self.to_out(_merge_heads(attend(q, k, v, dropout=p, path=self.attention_path)))
 
 
 class CrossAttention(nn.Module):
@@ -103,6 +104,7 @@ class CrossAttention(nn.Module):
         super().__init__()
         self.heads = heads
         self.dropout = dropout
+        self.attention_path: str | None = None  # attend's kernel on a CPU (phenaki.kernels chooses it)
         self.to_q = nn.Linear(dim, heads * dim_head, bias=False)
         self.to_kv = nn.Linear(dim, 2 * heads * dim_head, bias=False)
         self.to_out = nn.Linear(heads * dim_head, dim)
@@ -116,7 +118,7 @@ class CrossAttention(nn.Module):
         q = _split_heads(self.to_q(x), self.heads)
         k, v = (t.to(q.dtype) for t in kv)  # context may come from another autocast scope
         p = self.dropout if self.training else 0.0
-        out = attend(q, k, v, mask=attn_mask, dropout=p)
+        out = attend(q, k, v, mask=attn_mask, dropout=p, path=self.attention_path)
         return self.to_out(_merge_heads(out))
 
 
@@ -432,7 +434,8 @@ class MaskGit(nn.Module, PretrainedMixin):
         in row-major order. Training scores the masked tokens only, so the output layer need
         not run for the rest.
         """
-        self.check_ids(ids)
+        if not torch.compiler.is_compiling():  # a data-dependent check would split a compiled graph
+            self.check_ids(ids)
         ctx = self._resolve_context(ids, text_emb, text_mask, drop_text, context)
         hidden = self.trunk(ids, ctx.kv, ctx.attn_mask)
         if only is not None:
@@ -454,7 +457,8 @@ class MaskGit(nn.Module, PretrainedMixin):
         """Float logits [B, T', H', W']: > 0 means the critic thinks the token is wrong."""
         if self.critic is None or self.to_critic is None:
             raise ValueError("this MaskGit has no token critic (config.critic is False)")
-        self.check_ids(ids)
+        if not torch.compiler.is_compiling():  # a data-dependent check would split a compiled graph
+            self.check_ids(ids)
         ctx = self._resolve_context(ids, text_emb, text_mask, drop_text, context)
         hidden = self.critic(ids, self.critic_kv(ctx), ctx.attn_mask)
         return self.to_critic(hidden).float().view(*ids.shape)

@@ -51,6 +51,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from ..checkpoint import load_state_dict, read_json, save_state_dict, write_json
 from ..config import Config, TrainConfig, to_dict
 from ..integrity import CheckpointError, record_folder, verify_folder
+from ..kernels import KernelChoice, resolve_kernels, tune_training, use_threads
 from ..utils.fileio import (
     atomic_write_dir,
     clean_temporaries,
@@ -536,6 +537,8 @@ class Trainer(abc.ABC):
     """
 
     name = "model"
+    kernel_tuning = False  # True where training_step has no side effect, so its forward and backward may be
+    # timed on the first batch to choose the attention path and threads (phenaki.kernels)
 
     def __init__(self, config: Config, train: TrainConfig, *, output_dir: str | Path | None = None,
                  progress: bool = True, cpu: bool | None = None) -> None:
@@ -935,44 +938,70 @@ class Trainer(abc.ABC):
         started = time.perf_counter()
         optimizer = self.optimizers[self.name]
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        while self.step < end:
-            for micro in range(cfg.grad_accum):
-                batch = next(loader)
-                if self.accelerator.num_processes > 1:
-                    batch = align_groups(batch, self.accelerator)
-                # DDP all-reduces only on the last micro-batch of an accumulation.
-                sync = micro == cfg.grad_accum - 1
-                with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
-                    loss, metrics = self.training_step(batch, self.step)
-                    self.accelerator.backward(loss / cfg.grad_accum)
-                for key, value in metrics.items():
-                    running[key] = running.get(key, 0.0) + float(value)
-                count += 1
-            if cfg.grad_clip > 0:
-                running["grad_norm"] = running.get("grad_norm", 0.0) + cfg.grad_accum * float(
-                    self.accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                )
-            optimizer.step()
-            self.schedulers[self.name].step()
-            optimizer.zero_grad(set_to_none=True)
-            if self.ema is not None:
-                self.ema.update(None if self.sharded else self.accelerator.unwrap_model(model), self.step)
-            self.after_optimizer_step()
-            self.step += 1
-            bar.update(1)
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                averaged = {k: v / count for k, v in running.items()}
-                averaged["lr"] = self.schedulers[self.name].get_last_lr()[0]
-                averaged["sec_per_step"] = (time.perf_counter() - started) / max(1, count / cfg.grad_accum)
-                bar.set_postfix({k: f"{v:.3g}" for k, v in averaged.items() if k in ("loss", "psnr")})
-                self.log_metrics(averaged)
-                running, count, started = {}, 0, time.perf_counter()
-            if cfg.preview_every and self.step % cfg.preview_every == 0:
-                self._preview()
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end:
-                self.save_checkpoint()
+        tuned = False
+        with contextlib.ExitStack() as threads:
+            while self.step < end:
+                for micro in range(cfg.grad_accum):
+                    batch = next(loader)
+                    if not tuned:  # the first batch: time the kernels on it, keep the fastest
+                        threads.enter_context(use_threads(self._tune_kernels(batch).threads))
+                        tuned = True
+                    if self.accelerator.num_processes > 1:
+                        batch = align_groups(batch, self.accelerator)
+                    # DDP all-reduces only on the last micro-batch of an accumulation.
+                    sync = micro == cfg.grad_accum - 1
+                    with contextlib.nullcontext() if sync else self.accelerator.no_sync(model):
+                        loss, metrics = self.training_step(batch, self.step)
+                        self.accelerator.backward(loss / cfg.grad_accum)
+                    for key, value in metrics.items():
+                        running[key] = running.get(key, 0.0) + float(value)
+                    count += 1
+                if cfg.grad_clip > 0:
+                    running["grad_norm"] = running.get("grad_norm", 0.0) + cfg.grad_accum * float(
+                        self.accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    )
+                optimizer.step()
+                self.schedulers[self.name].step()
+                optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None:
+                    self.ema.update(None if self.sharded else self.accelerator.unwrap_model(model), self.step)
+                self.after_optimizer_step()
+                self.step += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    averaged = {k: v / count for k, v in running.items()}
+                    averaged["lr"] = self.schedulers[self.name].get_last_lr()[0]
+                    averaged["sec_per_step"] = (time.perf_counter() - started) / max(1, count / cfg.grad_accum)
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in averaged.items() if k in ("loss", "psnr")})
+                    self.log_metrics(averaged)
+                    running, count, started = {}, 0, time.perf_counter()
+                if cfg.preview_every and self.step % cfg.preview_every == 0:
+                    self._preview()
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < end:
+                    self.save_checkpoint()
         bar.close()
         return self._finish(end)
+
+    def _tune_kernels(self, batch: Any) -> KernelChoice:
+        """The attention path and threads this machine trains fastest with, timed on the first batch
+        (forward and backward; the random generators are restored after) or read from the cache.
+        Only a single process measures: timings differ between processes, and every process must
+        run the same number of backward passes and the same kernels."""
+        model = self.modules[self.name]
+        mode = resolve_kernels(self.train_cfg.kernels)
+        if mode == "auto" and not (self.kernel_tuning and self.accelerator.num_processes == 1):
+            mode = "default"
+        # keyed by the configured batch, not this batch's shapes: a resumed run must find the same choice
+        case = {"trainer": self.name, "precision": self.train_cfg.mixed_precision,
+                "batch_size": self.train_cfg.batch_size, "parameters": sum(p.numel() for p in model.parameters()), "compiled": self.train_cfg.compile,
+                "model": type(self.accelerator.unwrap_model(model)).__name__}
+        with torch.random.fork_rng(devices=[]):
+            choice = tune_training(model, lambda: self.training_step(batch, self.step)[0], case, mode=mode,
+                                   device=self.device)
+        if choice.measured:
+            log.info("training kernels: attention %s, %s threads", choice.attention,
+                     choice.threads or torch.get_num_threads())
+        return choice
 
     def _preview(self) -> None:
         """Previews on the main process (under FSDP every process first helps gather the EMA)."""

@@ -74,6 +74,7 @@ class MaskGitTrainer(Trainer):
     """Trains MaskGit (+ scratch text encoder) on a `TokenDataset`; exports a pipeline directory."""
 
     name = "maskgit"
+    kernel_tuning = True  # training_step only computes the loss of a batch
 
     def __init__(self, config: Config, tokenizer_dir: str | Path, captions: list[str], **kwargs: Any) -> None:
         super().__init__(config, config.train_maskgit, **kwargs)
