@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from phenaki.kernels import tune_sampling, use_threads
+
 from .common import TEXT_LEN, best_of, gflop, import_peer, load, peak_memory_mb
 
 SAMPLE_STEPS = 12
@@ -31,6 +33,12 @@ def _autocast(device: str, dtype: str):
 def _text(cfg: Any, batch: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     emb = torch.randn(batch, TEXT_LEN, cfg.transformer.text_dim, device=device)
     return emb, torch.ones(batch, TEXT_LEN, dtype=torch.bool, device=device)
+
+
+def _kernels(model: torch.nn.Module, threads: int) -> dict[str, Any]:
+    """The attention path and threads ours ran with (phenaki.kernels), for the results."""
+    paths = {m.attention_path for m in model.modules() if hasattr(m, "attention_path")}
+    return {"attention": "/".join(sorted(str(p) for p in paths)), "threads": threads or torch.get_num_threads()}
 
 
 def _ids(cfg: Any, batch: int, device: str) -> torch.Tensor:
@@ -134,10 +142,19 @@ def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repe
             return phenaki(video_codebook_ids=ids, text_embeds=emb)
 
     model.train()
-    if impl == "ours":  # each side with the optimiser its own trainer builds
+    threads = 0
+    if impl == "ours":  # each side with the optimiser and kernels its own trainer chooses
+        from phenaki.kernels import tune_training
         from phenaki.training.base import adamw_fused_kwargs
 
         optimizer = torch.optim.AdamW(params, lr=1e-4, **adamw_fused_kwargs(torch.device(device)))
+
+        def autocast_loss() -> torch.Tensor:
+            with _autocast(device, dtype):
+                return loss()
+
+        threads = tune_training(model, autocast_loss, {"bench": config, "batch": batch, "dtype": dtype},
+                                device=device).threads
     else:
         optimizer = torch.optim.AdamW(params, lr=1e-4)
 
@@ -148,9 +165,11 @@ def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repe
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    seconds = best_of(step, repeat, _sync(device))
+    with use_threads(threads):
+        seconds = best_of(step, repeat, _sync(device))
     return {"samples_per_s": batch / seconds, "step_s": seconds, "peak_mb": peak_memory_mb(device),
-            "params_m": sum(p.numel() for p in params) / 1e6, "samples_per_s_gflop": gflop(step) / batch}
+            "params_m": sum(p.numel() for p in params) / 1e6, "samples_per_s_gflop": gflop(step) / batch,
+            **_kernels(model, threads)}
 
 
 def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
@@ -170,6 +189,8 @@ def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat
         tokenizer, model = _ours(cfg, device)
         model.eval()
         emb, mask = _text(cfg, batch, device)
+        threads = tune_sampling(model, tokenizer, rows=batch, batch=2 * batch, token_frames=t, text_len=TEXT_LEN,
+                                dtype=torch.bfloat16 if dtype == "bf16" else torch.float32, device=device).threads
 
         @torch.no_grad()
         def run() -> None:
@@ -188,9 +209,11 @@ def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat
                 model(ids, context=context)
 
         flops = gflop(forward)
-        forward_s = best_of(forward, repeat, _sync(device))
-        result.update({"forward_tflops": flops / forward_s / 1e3, "forward_gflop": flops})
+        with use_threads(threads):
+            forward_s = best_of(forward, repeat, _sync(device))
+        result.update({"forward_tflops": flops / forward_s / 1e3, "forward_gflop": flops, **_kernels(model, threads)})
     else:
+        threads = 0
         phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
 
         @torch.no_grad()
@@ -198,7 +221,8 @@ def sampling(impl: str, config: str, batch: int, dtype: str, device: str, repeat
             with _autocast(device, dtype):
                 phenaki.sample(num_frames=frames, texts=["x"] * batch, cond_scale=GUIDANCE)
 
-    seconds = best_of(run, repeat, _sync(device))
+    with use_threads(threads):
+        seconds = best_of(run, repeat, _sync(device))
     result.update({"clip_s": seconds / batch, "call_s": seconds, "tokens_per_s": batch * t * h * w / seconds,
                    "peak_mb": peak_memory_mb(device), "clip_s_gflop": gflop(run) / batch})
     return result
@@ -270,14 +294,22 @@ def tokenizer(impl: str, config: str, batch: int, dtype: str, device: str, repea
     tok, encode, decode, model = build(impl, config, peer)
     model.to(device)
     pixels = torch.rand(batch, 3, tok.num_frames, *tok.image_size, device=device)
+    threads, kernels = 0, {}
     with torch.no_grad(), _autocast(device, dtype):
         ids = encode(pixels)
-        enc = best_of(lambda: encode(pixels), repeat, _sync(device))
-        dec = best_of(lambda: decode(ids), repeat, _sync(device))
+        if impl == "ours":  # the kernels a pipeline would choose for this tokenizer here
+            from phenaki.kernels import tune
+
+            threads = tune({"what": "bench tokenizer", "config": config, "batch": batch, "dtype": dtype},
+                           lambda: (encode(pixels), decode(ids)), [model], device=device).threads
+            kernels = _kernels(model, threads)
+        with use_threads(threads):
+            enc = best_of(lambda: encode(pixels), repeat, _sync(device))
+            dec = best_of(lambda: decode(ids), repeat, _sync(device))
         work = {"encode_fps_gflop": gflop(lambda: encode(pixels)), "decode_fps_gflop": gflop(lambda: decode(ids))}
     frames = batch * cfg.tokenizer.num_frames
     return {"encode_fps": frames / enc, "decode_fps": frames / dec, "peak_mb": peak_memory_mb(device),
-            **{key: value / frames for key, value in work.items()}}
+            **{key: value / frames for key, value in work.items()}, **kernels}
 
 
 CASES = {"tokenizer": tokenizer, "train": train_step, "sample": sampling, "story": story, "matmul": matmul_peak}

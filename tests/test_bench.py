@@ -42,3 +42,26 @@ def test_machine_names_the_isa_and_measures_the_product_speed() -> None:
     assert info["fp32_matmul_gflops"] > 0 and info["bf16_matmul_gflops"] > 0
     line = machine_line(info)
     assert line.startswith(f"machine: {info['cpu']}, {info['cores']} cores") and "GFLOP/s fp32" in line
+
+
+def test_profile_groups_the_ops_into_categories_that_add_up() -> None:
+    """Op names land in their category, and a profiled guided forward accounts for its whole time."""
+    from bench.profile import categorise, profile_ops, sample_forward
+    from phenaki.config import TransformerConfig
+    from phenaki.models.maskgit import MaskGit
+
+    expected = {"aten::addmm": "matmul", "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+                "aten::_softmax": "softmax", "aten::silu": "elementwise", "aten::native_layer_norm": "norm",
+                "aten::copy_": "copy/layout", "aten::_fused_adamw_": "optimizer",
+                "aten::_foreach_mul_": "optimizer", "mkldnn::_linear_pointwise": "matmul",
+                "MmBackward0": "python/framework", "aten::frobnicate": "other", "custom::op": "other"}
+    assert {name: categorise(name) for name in expected} == expected
+    torch.manual_seed(0)
+    model = MaskGit(TransformerConfig(dim=32, depth=1, heads=2, dim_head=16, max_token_frames=2, codebook_size=64,
+                                      token_grid=(4, 4), text_dim=16))
+    fn = sample_forward(model, torch.randn(1, 5, 16), torch.ones(1, 5, dtype=torch.bool), token_frames=2)
+    result = profile_ops(fn, repeat=2, top=5)
+    shares = {name: row["share"] for name, row in result["categories"].items()}
+    assert abs(sum(shares.values()) - 100) < 1e-6 and shares["matmul"] > 0
+    assert result["categories"]["matmul"]["calls"] > 0 and 0 < len(result["top"]) <= 5
+    assert all(op["category"] == categorise(op["op"]) for op in result["top"])
