@@ -135,7 +135,7 @@ def train_step(impl: str, config: str, batch: int, dtype: str, device: str, repe
             return maskgit_loss(model, ids, emb, mask, cond_drop_prob=0.1)[0]
     else:
         phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
-        model = phenaki.models.maskgit
+        model = phenaki.maskgit
         params = list(model.parameters())
 
         def loss() -> torch.Tensor:

@@ -168,6 +168,40 @@ def _write_cache(path: Path, key: str, record: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------- measuring
 
 
+BUSY_CORES = 0.3
+"""Other processes using more than this many cores while measuring make the timings those of a
+shared machine (fewer threads win there): the choice is then not cached for later runs."""
+
+
+class OtherLoad:
+    """CPU time other processes used while the block ran, in cores (Linux /proc/stat; 0 elsewhere).
+
+    Timings taken beside another busy process favour fewer threads; caching them would keep
+    a quiet machine on one thread for good."""
+
+    cores: float = 0.0
+
+    @staticmethod
+    def _busy() -> float | None:
+        try:
+            fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> "OtherLoad":
+        self._start = (self._busy(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, cpu, wall = self._busy(), time.process_time(), time.perf_counter()
+        if busy is None or self._start[0] is None:
+            return
+        others = (busy - self._start[0]) - (cpu - self._start[1])
+        self.cores = max(0.0, others / max(wall - self._start[2], 1e-6))
+
+
 def _time(run: Callable[[], object], repeat: int) -> float:
     """Best of `repeat` timed calls after a warm-up; a call slower than a fifth of a second is timed once."""
     start = time.perf_counter()
@@ -218,12 +252,17 @@ def tune(case: dict[str, Any], run: Callable[[], object], models: Sequence[nn.Mo
             if isinstance(record, dict) and record.get("attention") in ATTENTION_PATHS:
                 choice = KernelChoice(record["attention"], int(record.get("threads", 0)), measured=True)
         if choice is None:
-            choice, times = _measure(run, models, threads, repeat)
+            with OtherLoad() as load:
+                choice, times = _measure(run, models, threads, repeat)
             log.info("kernels for %s: %s at %s threads (%s)", case.get("what", "model"), choice.attention,
                      choice.threads or torch.get_num_threads(),
                      ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in times.items()))
-            _write_cache(cache_path(), key, {**asdict(choice), "case": case, "times_ms": {
-                k: round(v * 1e3, 3) for k, v in times.items()}, "date": time.strftime("%Y-%m-%d")})
+            if load.cores > BUSY_CORES:  # a choice made on a busy machine holds for this process only
+                log.info("kernels: other processes kept %.1f cores busy while measuring; the choice is not "
+                         "cached", load.cores)
+            else:
+                _write_cache(cache_path(), key, {**asdict(choice), "case": case, "times_ms": {
+                    k: round(v * 1e3, 3) for k, v in times.items()}, "date": time.strftime("%Y-%m-%d")})
         _memory[key] = choice
     apply(choice, models)
     return choice

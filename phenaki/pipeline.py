@@ -356,7 +356,7 @@ class Phenaki:
         if generator is None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         started = time.perf_counter()
-        choice = self.tune_kernels()
+        choice = self.tune_kernels(1, run)
         if self.compiled and not self._compile_done:
             self._compile()
         with use_threads(choice.threads):
@@ -410,9 +410,9 @@ class Phenaki:
     def tune_kernels(self, rows: int = 1, settings: SamplingSettings | None = None) -> KernelChoice:
         """The attention path and threads that sample fastest here (`phenaki.kernels`): timed once per
         machine, model and dtype on the transformer's guided forward and the tokenizer's decode at the
-        shapes of `rows` videos drawn with `settings` (default: one video with the model's settings),
-        then read from the cache. `generate` keeps to that one choice whatever its batch, so a video
-        does not depend on what else was drawn beside it."""
+        shapes of `rows` videos drawn with `settings` (default: the model's), then read from the cache.
+        `generate` measures at one video with its run's settings and keeps to that choice whatever
+        its batch, so a video does not depend on what else was drawn beside it."""
         s = settings or self.sampling
         frames = min(self.tokenizer.num_token_frames(min(s.first_frames, self.max_window_frames)),
                      self.transformer.config.max_token_frames)

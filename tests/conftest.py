@@ -6,15 +6,18 @@ import torch
 
 @pytest.fixture(autouse=True, scope="session")
 def kernel_cache(tmp_path_factory):
-    """Measured kernel choices go to a file of this run (subprocesses inherit it), not the user's cache."""
+    """The suite runs the built-in attention kernels (PHENAKI_KERNELS=default): a choice measured per
+    process could differ between the processes a test compares. tests/test_kernels.py measures, into
+    a file of this run (subprocesses inherit both), never the user's cache."""
     path = tmp_path_factory.mktemp("kernels") / "kernels.json"
-    before = os.environ.get("PHENAKI_KERNEL_CACHE")
-    os.environ["PHENAKI_KERNEL_CACHE"] = str(path)
+    saved = {key: os.environ.get(key) for key in ("PHENAKI_KERNEL_CACHE", "PHENAKI_KERNELS")}
+    os.environ.update(PHENAKI_KERNEL_CACHE=str(path), PHENAKI_KERNELS="default")
     yield path
-    if before is None:
-        os.environ.pop("PHENAKI_KERNEL_CACHE", None)
-    else:
-        os.environ["PHENAKI_KERNEL_CACHE"] = before
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ def cache(tmp_path, monkeypatch):
     path = tmp_path / "kernels.json"
     monkeypatch.setenv("PHENAKI_KERNEL_CACHE", str(path))
     monkeypatch.delenv("PHENAKI_KERNELS", raising=False)
+    monkeypatch.setattr(kernels, "BUSY_CORES", float("inf"))  # whatever else this machine runs
     kernels.clear_memory()
     yield path
     kernels.clear_memory()
@@ -77,6 +78,27 @@ def test_the_faster_path_is_chosen_and_remembered(cache) -> None:
     assert other.attention == "sdpa" and calls
 
 
+def test_a_choice_measured_beside_a_busy_process_is_not_cached(cache, monkeypatch) -> None:
+    """Timings beside another busy process favour fewer threads; they hold for this process only."""
+    import subprocess
+    import sys
+
+    monkeypatch.setattr(kernels, "BUSY_CORES", 0.3)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        model = _tiny()
+        choice = kernels.tune({"what": "busy"}, _slow_path(model, {"sdpa": 0.05, "explicit": 0.01}, []), [model],
+                              threads=False, repeat=3)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert choice.attention == "explicit" and not cache.exists()
+    calls: list[str] = []  # this process keeps it without measuring again
+    assert kernels.tune({"what": "busy"}, _slow_path(model, {"sdpa": 0.0, "explicit": 0.0}, calls), [model],
+                        threads=False).attention == "explicit" and calls == []
+
+
 def test_noise_does_not_flip_the_default(cache) -> None:
     """A path other than SDPA must win by the margin; a tie keeps SDPA."""
     model = _tiny()
@@ -127,6 +149,7 @@ def test_a_broken_or_unwritable_cache_only_costs_a_measurement(tmp_path, monkeyp
     broken = tmp_path / "kernels.json"
     broken.write_text("{not json")
     monkeypatch.setenv("PHENAKI_KERNEL_CACHE", str(broken))
+    monkeypatch.setattr(kernels, "BUSY_CORES", float("inf"))
     kernels.clear_memory()
     model = _tiny()
     with caplog.at_level(logging.WARNING, logger="phenaki.kernels"):
