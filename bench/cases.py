@@ -251,8 +251,10 @@ def story(impl: str, config: str, batch: int, dtype: str, device: str, repeat: i
         pipe = Phenaki(tokenizer, model, text, cfg.sampling, device=device, dtype=dtype)
 
         def run() -> None:
-            # one draw per window and no polish, as the peer makes: the comparison is of the same work
-            pipe.generate(prompts, seed=0, progress=False, num_samples=batch, candidates=1, polish=0.0)
+            # one draw per window of SAMPLE_STEPS steps at the same guidance, no polish, as the peer makes:
+            # the comparison is of the same work (the config's own sampling defaults draw 36 steps)
+            pipe.generate(prompts, seed=0, progress=False, num_samples=batch, candidates=1, polish=0.0,
+                          steps=SAMPLE_STEPS, guidance=GUIDANCE)
     else:
         phenaki = _peer(cfg, device, peer)  # type: ignore[arg-type]
 
@@ -267,7 +269,7 @@ def story(impl: str, config: str, batch: int, dtype: str, device: str, repeat: i
 
     seconds = best_of(run, repeat, _sync(device))
     return {"story_s": seconds / batch, "call_s": seconds, "frames": first + 2 * scene,
-            "peak_mb": peak_memory_mb(device)}
+            "peak_mb": peak_memory_mb(device), "story_s_gflop": gflop(run) / batch}
 
 
 def matmul_peak(impl: str, config: str, batch: int, dtype: str, device: str, repeat: int,
