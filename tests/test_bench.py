@@ -65,3 +65,17 @@ def test_profile_groups_the_ops_into_categories_that_add_up() -> None:
     assert abs(sum(shares.values()) - 100) < 1e-6 and shares["matmul"] > 0
     assert result["categories"]["matmul"]["calls"] > 0 and 0 < len(result["top"]) <= 5
     assert all(op["category"] == categorise(op["op"]) for op in result["top"])
+
+
+def test_the_story_case_draws_what_the_peer_draws(monkeypatch) -> None:
+    """Ours and the peer must do the same work: one draw per window of the same steps and guidance
+    (the config's own defaults, 36 steps and 4 candidates, would time three times as much)."""
+    from bench import cases
+    from phenaki.pipeline import Phenaki
+
+    calls: list[dict] = []
+    monkeypatch.setattr(Phenaki, "generate", lambda self, prompts, **kw: calls.append(kw))
+    result = cases.story("ours", "demo", 1, "fp32", "cpu", repeat=1)
+    assert calls and all(kw["steps"] == cases.SAMPLE_STEPS and kw["guidance"] == cases.GUIDANCE
+                         and kw["candidates"] == 1 and kw["polish"] == 0 for kw in calls)
+    assert result["frames"] == 23 and "story_s_gflop" in result
