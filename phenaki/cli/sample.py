@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ..config import KERNELS
 from .common import check_model_ref, check_output, collect_scenes, setup_logging
 from .options import sampling_options, settings_overrides
 
@@ -28,11 +29,12 @@ from .options import sampling_options, settings_overrides
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True)
-@click.option("--kernels", type=click.Choice(["auto", "sdpa", "explicit", "default"]), default=None,
+@click.option("--kernels", type=click.Choice(list(KERNELS)), default=None,
               help="Attention kernel and threads: auto measures the fastest on this machine once and caches it "
                    "(default; PHENAKI_KERNELS), sdpa / explicit force a path, default takes the built-in rule.")
 @click.option("--compile", "compile_", is_flag=True,
-              help="torch.compile the transformer and tokenizer first (pays off only on long stories).")
+              help="torch.compile the transformer and tokenizer first: about 90 s on a CPU, so it pays off only "
+                   "over many stories in one process.")
 @click.option("--num-samples", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--verbose", "-v", is_flag=True)
 def sample_main(**options: Any) -> None:
