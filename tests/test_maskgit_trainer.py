@@ -259,3 +259,27 @@ def test_learns_shapes_clips_from_their_prompts():
                torch.Generator().manual_seed(0), num_token_frames=3)
     accuracy = (out == ids).float().mean().item()
     assert accuracy >= 0.8, accuracy
+
+
+def test_a_checkpoint_exports_without_training(tmp_path, tokenizer_dir):
+    """--export-to: the checkpoint's EMA model as the final export would write it, nothing trained,
+    nothing in the run's folder changed; no checkpoint is a clear error."""
+    from phenaki.integrity import CheckpointError
+    from phenaki.pipeline import Phenaki
+
+    final = train_maskgit(config(tmp_path / "run"), tokenizer_dir, progress=False)
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    latest = train_maskgit(config(tmp_path / "run"), tokenizer_dir, resume="latest", export_to=tmp_path / "latest",
+                           progress=False)
+    mid = train_maskgit(config(tmp_path / "run"), tokenizer_dir, resume=str(tmp_path / "run" / "checkpoints" /
+                        "step-0000002"), export_to=tmp_path / "mid", progress=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+    ref = load_state_dict(final / "transformer" / "model.safetensors")
+    got = load_state_dict(latest / "transformer" / "model.safetensors")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    early = load_state_dict(mid / "transformer" / "model.safetensors")
+    assert any(not torch.equal(ref[k], early[k]) for k in ref)
+    assert json.loads((mid / "pipeline.json").read_text())["training"]["steps"] == 2
+    Phenaki.from_pretrained(mid).generate(["a red ball moves right"], seed=0)  # a complete pipeline
+    with pytest.raises(CheckpointError, match="nothing to export"):
+        train_maskgit(config(tmp_path / "empty"), tokenizer_dir, export_to=tmp_path / "none", progress=False)

@@ -19,6 +19,7 @@ def main(tokenizer_dir, **options):
     if config is None:
         return
     final = train_maskgit(config, tokenizer_dir, resume=options["resume"], stop_at=options["stop_at"],
+                          export_to=options["export_to"],
                           output_dir=options["output_dir"], progress=not options["no_progress"])
     click.echo(f"pipeline saved to {final}")
 

@@ -22,6 +22,7 @@ def main(pipeline_dir, **options):
         return
     try:
         final = train_matcher(config, pipeline_dir, resume=options["resume"], stop_at=options["stop_at"],
+                              export_to=options["export_to"],
                               output_dir=options["output_dir"], progress=not options["no_progress"])
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

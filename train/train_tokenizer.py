@@ -17,6 +17,7 @@ def main(**options):
     if config is None:
         return
     final = train_tokenizer(config, resume=options["resume"], stop_at=options["stop_at"],
+                            export_to=options["export_to"],
                             output_dir=options["output_dir"], progress=not options["no_progress"])
     click.echo(f"tokenizer saved to {final}")
 

@@ -16,6 +16,9 @@ def training_command(section: str):
         click.option("--output-dir", default=None, help=f"Overrides {section}.output_dir."),
         click.option("--set", "overrides", multiple=True, help="Config override KEY=VALUE (repeatable)."),
         click.option("--stop-at", type=int, default=None, help="Stop (with a checkpoint) at this step."),
+        click.option("--export-to", default=None, type=click.Path(file_okay=False),
+                     help="Train nothing: write the model of the --resume checkpoint (default latest; its EMA "
+                          "weights) to this folder, as the final model would be. Safe while the run goes on."),
         click.option("--no-progress", is_flag=True, help="No progress bar (logs only)."),
         click.option("--log-with", default=None, metavar="TRACKERS",
                      help=f"Also report to experiment trackers: tensorboard, wandb, mlflow or all (comma-separated; "

@@ -914,15 +914,19 @@ class Trainer(abc.ABC):
             factor = lr_factor(self.step, self.train_cfg.warmup_steps, total, self.train_cfg.min_lr_ratio)
             log.info("resuming at step %d of %d: learning rate %.3g", self.step, total, self.train_cfg.lr * factor)
 
-    def fit(self, dataset: Dataset, resume: str | None = None, stop_at: int | None = None) -> Path:
+    def fit(self, dataset: Dataset, resume: str | None = None, stop_at: int | None = None,
+            export_to: str | Path | None = None) -> Path:
         """Train to `train.steps`, checkpointing, previewing and logging on the way.
 
         `stop_at` ends this invocation early at that step with a checkpoint (for
         time-boxed jobs); a later `resume="latest"` continues exactly. Returns the
-        final model directory, or the checkpoint when stopped early.
+        final model directory, or the checkpoint when stopped early. `export_to` trains
+        nothing: it writes the `resume` checkpoint's model there (`export_checkpoint`).
         """
         from tqdm import tqdm
 
+        if export_to is not None:
+            return self.export_checkpoint(resume or "latest", Path(export_to))
         cfg = self.train_cfg
         if self.is_main:
             self._clean_output_dir()
@@ -1002,6 +1006,21 @@ class Trainer(abc.ABC):
             log.info("training kernels: attention %s, %s threads", choice.attention,
                      choice.threads or torch.get_num_threads())
         return choice
+
+    def export_checkpoint(self, resume: str, path: Path) -> Path:
+        """A checkpoint's model (its EMA weights) written as the final model would be, with no training,
+        so a long run can be measured between its parts. Nothing in the run's folder is touched,
+        so this may run while the run itself goes on."""
+        found = first_intact(self.output_dir, resume, self.load_checkpoint)
+        if found is None:
+            raise CheckpointError(f"nothing to export: no intact checkpoint for {resume!r} in {self.output_dir}")
+        self.accelerator.wait_for_everyone()
+        self.gather_ema()
+        if self.is_main:
+            self.export(path)
+            log.info("exported %s (step %d) to %s", found[0], self.step, path)
+        self.accelerator.wait_for_everyone()
+        return path
 
     def _preview(self) -> None:
         """Previews on the main process (under FSDP every process first helps gather the EMA)."""

@@ -263,7 +263,7 @@ def ensure_token_cache(config: Config, tokenizer_dir: Path, *, device: str = "cp
 
 
 def train_maskgit(config: Config, tokenizer_dir: str | Path | None = None, *, resume: str | None = None,
-                  stop_at: int | None = None, **kwargs: Any) -> Path:
+                  stop_at: int | None = None, export_to: str | Path | None = None, **kwargs: Any) -> Path:
     """Token cache (built on first use), then MaskGIT training; returns the pipeline directory."""
     from accelerate import PartialState
 
@@ -280,4 +280,4 @@ def train_maskgit(config: Config, tokenizer_dir: str | Path | None = None, *, re
         cache = ensure_token_cache(config, tokenizer_dir, device=str(state.device))
     dataset = TokenDataset(cache, codebook_size=CViViT.load_config(tokenizer_dir).codebook_size)
     trainer = MaskGitTrainer(config, tokenizer_dir, training_captions(dataset), **kwargs)
-    return trainer.fit(dataset, resume=resume, stop_at=stop_at)
+    return trainer.fit(dataset, resume=resume, stop_at=stop_at, export_to=export_to)

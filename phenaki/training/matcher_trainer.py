@@ -107,11 +107,11 @@ class MatcherTrainer(Trainer):
 
 
 def train_matcher(config: Config, pipeline_dir: str | Path, *, resume: str | None = None,
-                  stop_at: int | None = None, **kwargs: Any) -> Path:
+                  stop_at: int | None = None, export_to: str | Path | None = None, **kwargs: Any) -> Path:
     """Matcher training on `config.data` for the pipeline in `pipeline_dir`; returns the matcher directory."""
     from ..data import build_dataset
 
     if kwargs.get("output_dir"):
         config.train_matcher.output_dir = str(kwargs["output_dir"])
     trainer = MatcherTrainer(config, pipeline_dir, **kwargs)
-    return trainer.fit(build_dataset(config.data, "train"), resume=resume, stop_at=stop_at)
+    return trainer.fit(build_dataset(config.data, "train"), resume=resume, stop_at=stop_at, export_to=export_to)

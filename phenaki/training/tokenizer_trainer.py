@@ -215,8 +215,8 @@ class TokenizerTrainer(Trainer):
 
 
 def train_tokenizer(config: Config, *, resume: str | None = None, stop_at: int | None = None,
-                    **kwargs: Any) -> Path:
+                    export_to: str | Path | None = None, **kwargs: Any) -> Path:
     """Build the dataset and trainer from `config` and train; returns the final model dir."""
     trainer = TokenizerTrainer(config, **kwargs)
     dataset = build_dataset(config.data, "train")
-    return trainer.fit(dataset, resume=resume, stop_at=stop_at)
+    return trainer.fit(dataset, resume=resume, stop_at=stop_at, export_to=export_to)
