@@ -23,6 +23,7 @@ file (default `$XDG_CACHE_HOME/phenaki/kernels.json`). GPUs always take SDPA.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -294,32 +295,37 @@ def _autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
 
 
 def tune_sampling(transformer: nn.Module, tokenizer: nn.Module, *, rows: int, batch: int, token_frames: int,
-                  text_len: int, dtype: torch.dtype, device: torch.device | str = "cpu", mode: str | None = "auto",
-                  extra: dict[str, Any] | None = None) -> KernelChoice:
+                  text_len: int, dtype: torch.dtype, device: torch.device | str = "cpu",
+                  mode: str | None = "auto") -> KernelChoice:
     """Attention path and threads for sampling: the transformer's forward over `batch` rows of
     `token_frames` (guided rows and candidates included) picks both; the tokenizer's decode of
-    `rows` clips then picks its own path at those threads. Random inputs of the real shapes."""
+    `rows` clips then picks its own path at those threads. Random inputs of the real shapes, built
+    only when something is measured: a known choice costs `generate` nothing but a lookup."""
     device = torch.device(device)
     cfg = transformer.config  # type: ignore[attr-defined]
-    generator = torch.Generator().manual_seed(0)
     grid = (token_frames, *transformer.token_grid)  # type: ignore[attr-defined]
-    codebook = transformer.codebook_size  # type: ignore[attr-defined]
-    ids = torch.randint(0, codebook, (batch, *grid), generator=generator)
-    codes = ids[:rows].to(device)
-    ids = ids.masked_fill(torch.rand(ids.shape, generator=generator) < 0.5, transformer.mask_id).to(device)
-    emb = torch.randn(batch, text_len, cfg.text_dim, generator=generator).to(device)
-    with torch.no_grad(), _autocast(device, dtype):
-        context = transformer.prepare_context(emb, torch.ones(batch, text_len, dtype=torch.bool, device=device))
-    common = {"dtype": str(dtype), "grid": grid, **(extra or {})}
+
+    @functools.cache
+    def inputs() -> tuple[torch.Tensor, torch.Tensor, Any]:
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, transformer.codebook_size, (batch, *grid), generator=generator)  # type: ignore[attr-defined]
+        codes = ids[:rows].to(device)
+        ids = ids.masked_fill(torch.rand(ids.shape, generator=generator) < 0.5, transformer.mask_id).to(device)
+        emb = torch.randn(batch, text_len, cfg.text_dim, generator=generator).to(device)
+        with torch.no_grad(), _autocast(device, dtype):
+            context = transformer.prepare_context(emb, torch.ones(batch, text_len, dtype=torch.bool, device=device))
+        return ids, codes, context
 
     def forward() -> None:
+        ids, _, context = inputs()
         with torch.no_grad(), _autocast(device, dtype):
             transformer(ids, context=context)
 
     def decode() -> None:
         with torch.no_grad(), _autocast(device, dtype):
-            tokenizer.decode(codes)  # type: ignore[attr-defined]
+            tokenizer.decode(inputs()[1])  # type: ignore[attr-defined]
 
+    common = {"dtype": str(dtype), "grid": grid}
     choice = tune({"what": "sampling forward", "model": to_dict(cfg), "batch": batch, "text": text_len, **common},
                   forward, [transformer], mode=mode, device=device)
     with use_threads(choice.threads):
