@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import itertools
 import json
 import logging
 import math
@@ -942,14 +943,15 @@ class Trainer(abc.ABC):
         started = time.perf_counter()
         optimizer = self.optimizers[self.name]
         end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
-        tuned = False
-        with contextlib.ExitStack() as threads:
+        threads = 0
+        if self.step < end:  # the kernels are timed on the first batch, which is then trained on as usual
+            first = next(loader)
+            threads = self._tune_kernels(first).threads
+            loader = itertools.chain([first], loader)
+        with use_threads(threads):
             while self.step < end:
                 for micro in range(cfg.grad_accum):
                     batch = next(loader)
-                    if not tuned:  # the first batch: time the kernels on it, keep the fastest
-                        threads.enter_context(use_threads(self._tune_kernels(batch).threads))
-                        tuned = True
                     if self.accelerator.num_processes > 1:
                         batch = align_groups(batch, self.accelerator)
                     # DDP all-reduces only on the last micro-batch of an accumulation.
