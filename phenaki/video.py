@@ -346,6 +346,14 @@ def _decode_frames(container: av.container.InputContainer, stream: av.VideoStrea
     yield from container.decode(stream)
 
 
+# Frames are converted to RGB on one thread. PyAV's scaler otherwise runs slice threads, and a
+# DataLoader worker forked from a process that had converted frames was seen waiting forever on
+# them (a shard test under CI). Before PyAV had `threads`, it scaled on one thread anyway.
+_TO_RGB: dict[str, object] = {"format": "rgb24"}
+if "threads=" in (av.VideoFrame.reformat.__doc__ or ""):
+    _TO_RGB["threads"] = 1
+
+
 def _decode_window(
     container: av.container.InputContainer,
     stream: av.VideoStream,
@@ -384,7 +392,7 @@ def _decode_window(
     def rgb(frame: av.VideoFrame) -> np.ndarray:
         nonlocal converted
         if converted[0] is not frame:  # convert each decoded frame at most once
-            converted = (frame, frame.to_ndarray(format="rgb24"))
+            converted = (frame, frame.to_ndarray(**_TO_RGB))
         return converted[1]
 
     def done() -> bool:
