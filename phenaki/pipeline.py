@@ -414,7 +414,9 @@ class Phenaki:
         `generate` measures at one video with its run's settings and keeps to that choice whatever
         its batch, so a video does not depend on what else was drawn beside it."""
         s = settings or self.sampling
-        frames = min(self.tokenizer.num_token_frames(min(s.first_frames, self.max_window_frames)),
+        # a whole window, as the first scene and every continuation draw it (the run's own lengths are
+        # checked later, with the story's plan)
+        frames = min(self.tokenizer.num_token_frames(self.tokenizer.config.num_frames),
                      self.transformer.config.max_token_frames)
         return tune_sampling(self.transformer, self.tokenizer, rows=rows,
                              batch=rows * s.candidates * (2 if s.guidance != 1 else 1), token_frames=frames,
