@@ -226,7 +226,7 @@ def thread_candidates() -> list[int]:
     return counts
 
 
-def tune(case: dict[str, Any], run: Callable[[], object], models: Sequence[nn.Module], *, mode: str = "auto",
+def tune(case: dict[str, Any], run: Callable[[], object], models: Sequence[nn.Module], *, mode: str | None = "auto",
          device: torch.device | str = "cpu", threads: bool = True, repeat: int = 3) -> KernelChoice:
     """The fastest (attention path, threads) for `run` on `models`, measured once per machine and `case`.
 
