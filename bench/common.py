@@ -99,26 +99,18 @@ def machine() -> dict[str, Any]:
 
     import torch
 
+    from phenaki.utils.torch_utils import cpu_info
+
     info = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_info()[0],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     info.update(cpu_features())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
-
-
-ISA_FLAGS = {"avx2": "avx2", "avx512": "avx512f", "avx512_bf16": "avx512_bf16", "amx": "amx_bf16"}
 
 
 def cpu_features(size: int = 1024) -> dict[str, Any]:
@@ -127,13 +119,9 @@ def cpu_features(size: int = 1024) -> dict[str, Any]:
     yardstick, so each figure can be read against what the machine can do."""
     import torch
 
-    from phenaki.utils.torch_utils import cpu_bf16_speedup
+    from phenaki.utils.torch_utils import cpu_bf16_speedup, cpu_info
 
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        flags = set()
-    info: dict[str, Any] = {"isa": [name for name, flag in ISA_FLAGS.items() if flag in flags],
+    info: dict[str, Any] = {"isa": list(cpu_info()[1]),
                             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                             "threads": torch.get_num_threads()}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):

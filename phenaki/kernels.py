@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 
 from .config import KERNELS, to_dict
+from .utils.torch_utils import cpu_info
 
 log = logging.getLogger(__name__)
 
@@ -120,15 +120,8 @@ _ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTION
 
 def machine_fingerprint() -> dict[str, Any]:
     """What a choice depends on besides the model: the CPU, its flags, torch and any ISA restriction."""
-    cpu, flags = platform.processor() or platform.machine(), ""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
-        flags = next((line for line in lines if line.startswith("flags")), "")
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "torch": torch.__version__,
+    cpu, isa = cpu_info()
+    return {"cpu": cpu, "isa": list(isa), "cores": os.cpu_count(), "torch": torch.__version__,
             "capability": torch.backends.cpu.get_cpu_capability(),
             "restricted": {k: os.environ[k] for k in _ISA_ENV if k in os.environ}}
 

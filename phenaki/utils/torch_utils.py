@@ -54,12 +54,28 @@ BF16_MIN_SPEEDUP = 1.2
 """bf16 must beat fp32 by this much on the CPU's matrix products for 'auto' to choose it."""
 
 
-def _cpu_has_bf16_flags() -> bool:
+ISA_FLAGS = {"avx2": "avx2", "avx512": "avx512f", "avx512_bf16": "avx512_bf16", "amx": "amx_bf16"}
+"""The instruction sets that decide our kernels: their names here, and their /proc/cpuinfo flags."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> tuple[str, tuple[str, ...]]:
+    """The CPU's model name and which of `ISA_FLAGS` it has, from /proc/cpuinfo (read once; the
+    platform's name and none where there is no such file): what kernel choices depend on."""
+    import platform
+
+    name = platform.processor() or platform.machine()
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+        return name, ()
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), name)
+    flags = set(next((line for line in lines if line.startswith("flags")), "").split())
+    return name, tuple(isa for isa, flag in ISA_FLAGS.items() if flag in flags)
+
+
+def _cpu_has_bf16_flags() -> bool:
+    return bool({"avx512_bf16", "amx"} & set(cpu_info()[1]))
 
 
 @functools.lru_cache(maxsize=1)
