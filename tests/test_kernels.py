@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,3 +237,23 @@ def test_a_compiled_pipeline_draws_a_video(tiny_pipeline_dir, cache) -> None:
     video = pipe.generate(["a red ball moves right"], seed=0)
     assert video.frames.shape == eager.generate(["a red ball moves right"], seed=0).frames.shape
     assert pipe._compile_done and hasattr(pipe.transformer, "_compiled_call_impl")
+
+
+TRAIN_SCRIPTS = ["train/train_maskgit.py", "train/train_tokenizer.py", "train/train_matcher.py"]
+
+
+@pytest.mark.parametrize("script", TRAIN_SCRIPTS)
+@pytest.mark.parametrize("preset", [None, "ACTIVE"])
+def test_training_threads_sleep_while_waiting_unless_told(script, preset):
+    """A train script sets OpenMP's wait policy before torch loads (afterwards it would be
+    ignored), and leaves a policy the user chose alone."""
+    root = Path(__file__).resolve().parents[1]
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = ("import os, runpy, sys; runpy.run_path(sys.argv[1], run_name='imported'); "
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(root / script)], env=env, cwd=root,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [preset or "PASSIVE", "False"]

@@ -7,7 +7,6 @@
 import click
 
 from phenaki.cli import training_command, training_config
-from phenaki.training.maskgit_trainer import train_maskgit
 
 
 @training_command("train_maskgit")
@@ -15,6 +14,9 @@ from phenaki.training.maskgit_trainer import train_maskgit
               help="Trained tokenizer directory (default: <train_tokenizer.output_dir>/final).")
 def main(tokenizer_dir, **options):
     """Train the generator described by CONFIG's transformer, text and train_maskgit sections."""
+    # imported here, after training_command has set the thread policy, so torch loads after it
+    from phenaki.training.maskgit_trainer import train_maskgit
+
     config = training_config("maskgit", options)
     if config is None:
         return

@@ -9,7 +9,6 @@
 import click
 
 from phenaki.cli import training_command, training_config
-from phenaki.training.matcher_trainer import train_matcher
 
 
 @training_command("train_matcher")
@@ -17,6 +16,9 @@ from phenaki.training.matcher_trainer import train_matcher
               help="The trained pipeline the matcher serves (it reads that pipeline's text encoder).")
 def main(pipeline_dir, **options):
     """Train the matcher described by CONFIG's matcher, data and train_matcher sections."""
+    # imported here, after training_command has set the thread policy, so torch loads after it
+    from phenaki.training.matcher_trainer import train_matcher
+
     config = training_config("matcher", options)
     if config is None:
         return

@@ -7,12 +7,14 @@
 import click
 
 from phenaki.cli import training_command, training_config
-from phenaki.training.tokenizer_trainer import train_tokenizer
 
 
 @training_command("train_tokenizer")
 def main(**options):
     """Train the tokenizer described by CONFIG's tokenizer, data and train_tokenizer sections."""
+    # imported here, after training_command has set the thread policy, so torch loads after it
+    from phenaki.training.tokenizer_trainer import train_tokenizer
+
     config = training_config("tokenizer", options)
     if config is None:
         return

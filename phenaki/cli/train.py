@@ -4,12 +4,37 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import sys
 
 import click
 
+log = logging.getLogger(__name__)
+
+WAIT_POLICY = "PASSIVE"
+
+
+def wait_passively() -> None:
+    """Let training's OpenMP threads sleep, not spin, while they wait for each other.
+
+    A spinning thread holds its core, so a training run at all cores slows 4x as soon as
+    anything else runs on the machine (an evaluation, a sampler), while sleeping threads
+    cost nothing measurable on a quiet one (BENCHMARKS.md, "Threads that sleep"). OpenMP
+    reads the policy once, when torch loads it, so this must run before `import torch`;
+    a policy already set in the environment is kept.
+    """
+    if "torch" in sys.modules:
+        log.debug("torch is already loaded: OMP_WAIT_POLICY stays %s", os.environ.get("OMP_WAIT_POLICY"))
+        return
+    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
+
 
 def training_command(section: str):
-    """Make a train script's `main` a click command with the options every trainer shares."""
+    """Make a train script's `main` a click command with the options every trainer shares.
+
+    The script imports its trainer inside `main`, so that torch loads after `wait_passively`.
+    """
+    wait_passively()
     options = [
         click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False)),
         click.option("--resume", default=None, help="'latest' or a checkpoint directory."),
@@ -48,8 +73,6 @@ def training_command(section: str):
 
 def training_config(which: str, options: dict):
     """Logging, then the config with its overrides; with --dry-run, print the footprint and return None."""
-    import os
-
     from ..config import ConfigError, load_config
     from ..training.base import parse_overrides
 
