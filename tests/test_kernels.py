@@ -243,17 +243,17 @@ TRAIN_SCRIPTS = ["train/train_maskgit.py", "train/train_tokenizer.py", "train/tr
 
 
 @pytest.mark.parametrize("script", TRAIN_SCRIPTS)
-@pytest.mark.parametrize("preset", [None, "ACTIVE"])
-def test_training_threads_sleep_while_waiting_unless_told(script, preset):
-    """A train script sets OpenMP's wait policy before torch loads (afterwards it would be
-    ignored), and leaves a policy the user chose alone."""
+@pytest.mark.parametrize("preset, expected", [({}, "20000"), ({"GOMP_SPINCOUNT": "7"}, "7"),
+                                              ({"OMP_WAIT_POLICY": "ACTIVE"}, "None")])
+def test_training_threads_spin_briefly_unless_told(script, preset, expected):
+    """A train script limits OpenMP's spinning before torch loads (afterwards it would be
+    ignored), and leaves a wait policy or spin count the user chose alone."""
     root = Path(__file__).resolve().parents[1]
-    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
-    if preset:
-        env["OMP_WAIT_POLICY"] = preset
+    env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(preset)
     code = ("import os, runpy, sys; runpy.run_path(sys.argv[1], run_name='imported'); "
-            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+            "print(os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(root / script)], env=env, cwd=root,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [preset or "PASSIVE", "False"]
+    assert out.stdout.split() == [expected, "False"]

@@ -14,7 +14,7 @@ from phenaki.cli import training_command, training_config
               help="Trained tokenizer directory (default: <train_tokenizer.output_dir>/final).")
 def main(tokenizer_dir, **options):
     """Train the generator described by CONFIG's transformer, text and train_maskgit sections."""
-    # imported here, after training_command has set the thread policy, so torch loads after it
+    # imported here, after training_command has limited OpenMP spinning, so torch loads after it
     from phenaki.training.maskgit_trainer import train_maskgit
 
     config = training_config("maskgit", options)

@@ -16,7 +16,7 @@ from phenaki.cli import training_command, training_config
               help="The trained pipeline the matcher serves (it reads that pipeline's text encoder).")
 def main(pipeline_dir, **options):
     """Train the matcher described by CONFIG's matcher, data and train_matcher sections."""
-    # imported here, after training_command has set the thread policy, so torch loads after it
+    # imported here, after training_command has limited OpenMP spinning, so torch loads after it
     from phenaki.training.matcher_trainer import train_matcher
 
     config = training_config("matcher", options)

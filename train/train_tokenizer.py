@@ -12,7 +12,7 @@ from phenaki.cli import training_command, training_config
 @training_command("train_tokenizer")
 def main(**options):
     """Train the tokenizer described by CONFIG's tokenizer, data and train_tokenizer sections."""
-    # imported here, after training_command has set the thread policy, so torch loads after it
+    # imported here, after training_command has limited OpenMP spinning, so torch loads after it
     from phenaki.training.tokenizer_trainer import train_tokenizer
 
     config = training_config("tokenizer", options)
