@@ -19,7 +19,7 @@ def limit_spinning() -> None:
 
     By default GNU OpenMP spins 300 000 times at every barrier, so a training run on all
     cores slows 4-10x as soon as anything else runs on the machine (an evaluation, a
-    sampler). 20 000 spins cost nothing measurable alone and cut that to 1.9-3.4x;
+    sampler). 20 000 spins cost nothing measurable alone and cut that to 2.5-3.5x;
     sleeping at once (`OMP_WAIT_POLICY=PASSIVE`) does better beside other work but costs
     the tokenizer 20% alone (BENCHMARKS.md, "Threads that sleep"). OpenMP reads this once,
     when torch loads it, so it must run before `import torch`; a wait policy or spin count
