@@ -1,4 +1,5 @@
-"""`phenaki-eval`: tokenizers (PSNR, codes, speed), Shapes faithfulness judged from pixels, paired comparisons."""
+"""`phenaki-eval`: tokenizers (PSNR, codes, speed), Shapes faithfulness judged from pixels, object-token probes,
+paired comparisons."""
 
 from __future__ import annotations
 
@@ -159,6 +160,52 @@ def eval_shapes(**options: Any) -> None:
         atomic_write_text(options["json_out"], json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {options['json_out']}")
 
+
+
+@eval_main.command("probe")
+@click.option("--checkpoint", required=True,
+              help="Pipeline directory (pipeline.json + tokenizer/ + transformer/ + text_encoder/).")
+@click.option("--domain", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="Shapes domain of the probed clips: 1 (docs/shapes.md) or 2 (docs/shapes2.md).")
+@click.option("--clips", type=click.IntRange(min=1), default=48, show_default=True,
+              help="One-scene clips to encode and probe.")
+@click.option("--seed", type=int, default=5, show_default=True, help="Seed of the clips and of the random masks.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Take held-out combinations and phrasings from this config's data section (for --split).")
+@click.option("--split", type=click.Choice(["all", "train", "heldout"]), default="all", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the rows here.")
+def eval_probe(checkpoint: str, domain: int, clips: int, seed: int, config_path: Path | None, split: str,
+               batch_size: int, device: str, json_out: Path | None) -> None:
+    """How well the transformer predicts the tokens that draw objects, from no context to nearly all.
+
+    Scores argmax predictions of the non-background tokens of real Shapes clips under six maskings
+    (docs/shapes2.md, "Measuring a model"): a run's progress on objects shows here long before whole scenes pass.
+    """
+    import json
+    from dataclasses import asdict
+
+    from ..checkpoint import CheckpointError
+    from ..evaluation.token_probe import format_probe, probe_pipeline
+    from ..pipeline import Phenaki, PipelineError
+    from ..utils.fileio import atomic_write_text
+
+    check_model_ref(checkpoint)
+    holdout = holdout_of(config_path, domain)
+    if split != "all" and holdout is None:
+        raise click.BadParameter(f"--split {split} needs --config naming held-out combinations", param_hint="--split")
+    try:
+        pipe = Phenaki.from_pretrained(checkpoint, device=device)
+    except (PipelineError, CheckpointError, FileNotFoundError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--checkpoint") from None
+    rows = probe_pipeline(pipe, domain, clips=clips, seed=seed, batch_size=batch_size, holdout=holdout, split=split)
+    click.echo(format_probe(rows))
+    if json_out is not None:
+        record = {"checkpoint": str(checkpoint), "domain": domain, "clips": clips, "seed": seed, "split": split,
+                  "rows": [asdict(r) for r in rows]}
+        atomic_write_text(json_out, json.dumps(record, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
 
 
 @eval_main.command("compare")
