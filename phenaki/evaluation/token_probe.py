@@ -103,23 +103,20 @@ def probe_pipeline(pipe: "Phenaki", domain: int = 2, clips: int = 48, seed: int 
 
     module = shapes2 if domain == 2 else shapes
     dataset = module.ShapesDataset(num_samples=clips, num_frames=pipe.tokenizer.config.num_frames, seed=seed,
-                                   holdout=holdout, split=split,
-                                   straddle_prob=0.0)
+                                   holdout=holdout, split=split, straddle_prob=0.0)
     items = [dataset[i] for i in range(clips)]
+    batches = [slice(i, i + batch_size) for i in range(0, clips, batch_size)]
+    text_emb, text_mask = pipe.text_encoder.encode([it["caption"] for it in items])
     autocast = torch.autocast(pipe.device.type, dtype=pipe.dtype, enabled=pipe.dtype != torch.float32)
     with autocast:
-        ids = torch.cat([pipe.tokenizer.encode(frames_to_pixels(torch.stack([it["video"] for it in
-                                                                             items[i:i + batch_size]])).to(pipe.device))
-                         for i in range(0, clips, batch_size)])
-    text_emb, text_mask = pipe.text_encoder.encode([it["caption"] for it in items])
+        videos = torch.stack([it["video"] for it in items])
+        ids = torch.cat([pipe.tokenizer.encode(frames_to_pixels(videos[b]).to(pipe.device)) for b in batches])
+        # the text's cross-attention K/V once per batch, shared by the six maskings
+        contexts = [pipe.transformer.prepare_context(text_emb[b], text_mask[b]) for b in batches]
 
     def logits(masked: Tensor) -> Tensor:
-        out = []
         with autocast:
-            for i in range(0, clips, batch_size):
-                sl = slice(i, i + batch_size)
-                out.append(pipe.transformer(masked[sl], text_emb[sl], text_mask[sl]).float())
-        return torch.cat(out)
+            return torch.cat([pipe.transformer(masked[b], context=ctx).float() for b, ctx in zip(batches, contexts)])
 
     return probe_tokens(ids, logits, pipe.transformer.mask_id, torch.Generator().manual_seed(seed))
 
